@@ -1,0 +1,61 @@
+"""Shared fixtures. Test gclasses are registered on import of kernel_helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+import kernel_helpers  # noqa: E402,F401  (registers T_LAMP, T_COLLECTOR)
+
+
+@pytest.fixture
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: the repo and the tests' gclasses importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class _Capture:
+    """Collects the JSON log lines the yuneta logger emits, parsed."""
+
+    def __init__(self) -> None:
+        import logging
+
+        from yuneta.log import JsonFormatter
+
+        self.records: list[dict] = []
+        capture = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                import json
+
+                capture.records.append(json.loads(JsonFormatter().format(record)))
+
+        self.handler = Handler(level=logging.DEBUG)
+
+    def find(self, **fields: object) -> list[dict]:
+        return [r for r in list(self.records) if all(r.get(k) == v for k, v in fields.items())]
+
+
+@pytest.fixture
+def yuneta_logs():
+    """Every structured log line emitted during the test, as dicts."""
+    import logging
+
+    cap = _Capture()
+    logger = logging.getLogger("yuneta")
+    logger.addHandler(cap.handler)
+    try:
+        yield cap
+    finally:
+        logger.removeHandler(cap.handler)

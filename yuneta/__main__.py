@@ -1,0 +1,7 @@
+"""`python -m yuneta` is the `yuneta` command."""
+
+import sys
+
+from yuneta.cli import main
+
+sys.exit(main())

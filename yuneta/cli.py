@@ -1,0 +1,41 @@
+"""`yuneta` command line: run a yuno from JSON configs, or only check them.
+
+    yuneta run -f base.json [-f overrides.json ...]
+    yuneta check -f base.json [-f ...]
+
+A config error prints one line naming the file, the JSON path and the problem, and
+exits 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yuneta.config import load_config
+from yuneta.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="yuneta", description="Yuneta for Python")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb, text in (("run", "run a yuno"), ("check", "validate configs, start nothing")):
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("-f", "--config", action="append", required=True, metavar="FILE",
+                       help="JSON config file; repeat to merge later files over earlier ones")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    if args.verb == "check":
+        print(f"config OK: {', '.join(args.config)}")
+        return 0
+    from yuneta.runtime import run_yuno
+
+    return run_yuno(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

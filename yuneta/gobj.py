@@ -1,0 +1,600 @@
+"""gobjs: pykka actors running a transitions machine built from their gclass's table.
+
+Threading model
+---------------
+* Every gobj owns one pykka `ThreadingActor` (one OS thread). Its FSM actions, commands,
+  attribute writes and `mt_*` methods run on that thread, one message at a time, so a
+  gclass's code never needs a lock for its own state.
+* Calls from another thread are messages: `send_event` is a `tell` (asynchronous, returns
+  None), `ask_event`, `command`, `write_attr`, `start`/`stop`/`play`/`pause` are `ask`s
+  that wait for the answer. A call made on the gobj's own thread runs inline, like the
+  original's synchronous `gobj_send_event`, so an action may command itself.
+* Network I/O does not run on actors: the yuno's I/O loop thread (`yuneta.netio`) owns
+  every socket; connections are light objects there and report to their listener gobj
+  with `send_event` (a `tell`) or by updating plain counters.
+* Actors are for long-lived gobjs only (yuno, services, listeners, timers, channels);
+  never one per connection.
+
+An event with no row in the current state is logged and ignored. An exception in an
+action or command is logged with the gobj's full name; the actor keeps running.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pykka
+from transitions import Machine
+
+from yuneta.command import build_kw, envelope, error_envelope, split_command
+from yuneta.errors import AttrError, CommandError, GClassError, ParseError
+from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, coerce
+from yuneta.log import log
+
+if TYPE_CHECKING:
+    from yuneta.runtime import YunoRuntime
+
+ASK_TIMEOUT = 60.0
+
+#: Commands every gobj answers, besides those of its gclass.
+BUILTIN_COMMANDS: tuple[Command, ...] = (
+    Command("help", "cmd_help", (), "List the commands of this gobj with their parameters", ("h", "?")),
+    Command(
+        "view-attrs", "cmd_view_attrs", (), "View the public attributes of this gobj", ("attrs",)
+    ),
+    Command(
+        "write-attr",
+        "cmd_write_attr",
+        (
+            Param("str", "attr_name", None, "Attribute to write"),
+            Param("str", "value", None, "New value (JSON for dict/list)"),
+        ),
+        "Write a writable attribute (runs the gclass's mt_writing)",
+    ),
+    Command(
+        "view-gobj-tree",
+        "cmd_view_gobj_tree",
+        (Param("str", "attrs", "", "Comma-separated attributes to show for every gobj"),),
+        "View the tree of gobjs below this one, with gclass, state and running flags",
+        ("tree",),
+    ),
+)
+_BUILTIN_INDEX = {alias: c for c in BUILTIN_COMMANDS for alias in (c.name, *c.aliases)}
+_PUBLIC = Flag.RD | Flag.WR | Flag.STATS | Flag.RSTATS | Flag.PERSIST
+
+_machines: dict[str, Machine] = {}
+_machines_lock = threading.Lock()
+
+
+def _machine_for(gdef: GClassDef) -> Machine:
+    """One shared transitions Machine per gclass; each gobj is added as a model."""
+    with _machines_lock:
+        machine = _machines.get(gdef.name)
+        if machine is None:
+            machine = Machine(
+                model=None,
+                states=list(gdef.states),
+                initial=gdef.initial_state,
+                auto_transitions=False,
+                ignore_invalid_triggers=True,
+            )
+            for state, rows in gdef.states.items():
+                for event, _action, next_state in rows:
+                    if next_state is not None and next_state != state:
+                        machine.add_transition(event, state, next_state)
+            _machines[gdef.name] = machine
+        return machine
+
+
+class _FsmModel:
+    """The transitions model of one gobj: its `state` (and transitions' helpers) live here,
+    so that transitions never adds methods to the gobj itself."""
+
+    state: str
+
+
+class _GObjActor(pykka.ThreadingActor):
+    """The actor behind a gobj: runs the closures the gobj sends it, on its own thread."""
+
+    use_daemon_thread = True
+
+    def __init__(self, gobj: GObj) -> None:
+        super().__init__()
+        self._gobj = gobj
+
+    def on_start(self) -> None:
+        self._gobj._thread = threading.current_thread()
+
+    def on_receive(self, message: Any) -> Any:
+        fn, args = message
+        try:
+            return ("ok", fn(*args))
+        except BaseException as exc:  # returned to an asker; logged for a teller
+            return ("err", exc)
+
+
+class GObj:
+    """A gobj. Subclasses declare `GCLASS` and implement actions, commands and `mt_*`."""
+
+    GCLASS: ClassVar[GClassDef]
+
+    def __init__(
+        self,
+        name: str,
+        kw: dict[str, Any],
+        parent: GObj | None,
+        runtime: YunoRuntime | None,
+    ) -> None:
+        gdef = type(self).GCLASS
+        self.gclass: GClassDef = gdef
+        self.name = name
+        self.parent = parent
+        self.runtime = runtime
+        self.children: list[GObj] = []
+        self.attrs: dict[str, Any] = {a.name: _copy_default(a.default) for a in gdef.attrs}
+        self.attrs.update(gdef.validate_kw(kw))
+        for a in gdef.attrs:
+            if Flag.REQUIRED in a.flags and self.attrs.get(a.name) in (None, "", [], {}):
+                raise AttrError(gdef.name, a.name, f"required by gobj '{name}' but not given")
+        self.running = False
+        self.playing = False
+        self.destroyed = False
+        self._subscriptions: list[tuple[str | None, GObj]] = []
+        self._thread: threading.Thread | None = None
+        self._fsm = _FsmModel()
+        _machine_for(gdef).add_model(self._fsm, initial=gdef.initial_state)
+        self._actor = _GObjActor.start(self)
+
+    # ----- identity and tree -------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._fsm.state
+
+    @property
+    def full_name(self) -> str:
+        """`GCLASS^name` of every ancestor and of this gobj, joined by a backquote."""
+        parts = []
+        node: GObj | None = self
+        while node is not None:
+            parts.append(f"{node.gclass.name}^{node.name}")
+            node = node.parent
+        return "`".join(reversed(parts))
+
+    @property
+    def yuno(self) -> GObj:
+        node: GObj = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def walk(self, order: str = "top_to_bottom") -> list[GObj]:
+        """Every descendant (not self): parents before children, or children first."""
+        out: list[GObj] = []
+
+        def visit(g: GObj) -> None:
+            for child in list(g.children):
+                if order == "top_to_bottom":
+                    out.append(child)
+                    visit(child)
+                else:
+                    visit(child)
+                    out.append(child)
+
+        if order not in ("top_to_bottom", "bottom_to_top"):
+            raise ValueError(f"walk order must be top_to_bottom or bottom_to_top, not {order!r}")
+        visit(self)
+        return out
+
+    def find(self, name: str | None = None, gclass: str | None = None) -> list[GObj]:
+        """Descendants matching a name and/or a gclass name, case-insensitive."""
+        return [
+            g
+            for g in self.walk()
+            if (name is None or g.name.lower() == name.lower())
+            and (gclass is None or g.gclass.name.lower() == gclass.lower())
+        ]
+
+    def find_child(self, name: str) -> GObj | None:
+        for child in self.children:
+            if child.name.lower() == name.lower():
+                return child
+        return None
+
+    # ----- thread plumbing ---------------------------------------------------------
+
+    def _on_own_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _call(self, fn: Callable[..., Any], *args: Any, timeout: float = ASK_TIMEOUT) -> Any:
+        """Run fn(*args) on this gobj's thread and return its result (raising its error)."""
+        if self._on_own_thread():
+            return fn(*args)
+        if not self._actor.is_alive():
+            raise CommandError(f"{self.full_name}: gobj is destroyed")
+        try:
+            status, value = self._actor.ask((fn, args), timeout=timeout)
+        except pykka.ActorDeadError:
+            raise CommandError(f"{self.full_name}: gobj is destroyed") from None
+        if status == "err":
+            raise value
+        return value
+
+    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue fn(*args) on this gobj's thread without waiting; errors are logged."""
+
+        def guarded(*a: Any) -> None:
+            try:
+                fn(*a)
+            except Exception as exc:
+                self.log_error("posted call failed", call=getattr(fn, "__name__", str(fn)), error=repr(exc), exc_info=True)
+
+        try:
+            self._actor.tell((guarded, args))
+        except pykka.ActorDeadError:
+            self.log("debug", "message to a destroyed gobj dropped")
+
+    # ----- events ------------------------------------------------------------------
+
+    def send_event(self, event: str, kw: dict | None = None, src: GObj | None = None) -> int | None:
+        """Deliver `event` to this gobj: inline on its own thread (returns the action's
+        result), otherwise queued (returns None)."""
+        if self._on_own_thread():
+            return self._dispatch(event, kw or {}, src)
+        self._post(self._dispatch, event, kw or {}, src)
+        return None
+
+    def ask_event(self, event: str, kw: dict | None = None, src: GObj | None = None) -> int:
+        """Deliver `event` and wait for the action's result (-1 when not accepted)."""
+        return self._call(self._dispatch, event, kw or {}, src)
+
+    def has_event(self, event: str) -> bool:
+        return self.gclass.row(self.state, event) is not None
+
+    def change_state(self, new_state: str) -> None:
+        """Set the state from inside an action (as the original's gobj_change_state)."""
+        if new_state not in self.gclass.states:
+            raise GClassError(f"{self.gclass.name}: unknown state {new_state}")
+        _machine_for(self.gclass).set_state(new_state, self._fsm)
+
+    def _dispatch(self, event: str, kw: dict, src: GObj | None) -> int:
+        if self.destroyed:
+            return -1
+        state = self.state
+        row = self.gclass.row(state, event)
+        if row is None:
+            self.log(
+                "warning",
+                "event ignored: no row in the current state",
+                event=event,
+                state=state,
+                src=src.full_name if src else "",
+            )
+            return -1
+        _event, action, next_state = row
+        if next_state is not None and next_state != state:
+            self._fsm.trigger(event)
+        if action is None:
+            return 0
+        try:
+            result = getattr(self, action)(event, kw, src)
+        except Exception as exc:
+            self.log_error("action failed", event=event, action=action, state=state, error=repr(exc), exc_info=True)
+            return -1
+        return result if isinstance(result, int) else 0
+
+    def subscribe_event(self, event: str | None, subscriber: GObj) -> None:
+        """`subscriber` receives this gobj's published `event` (every event when None)."""
+        if (event, subscriber) not in self._subscriptions:
+            self._subscriptions.append((event, subscriber))
+
+    def unsubscribe_event(self, event: str | None, subscriber: GObj) -> None:
+        if (event, subscriber) in self._subscriptions:
+            self._subscriptions.remove((event, subscriber))
+
+    def publish_event(self, event: str, kw: dict | None = None) -> int:
+        """Send `event` to every subscriber of it; returns how many received it."""
+        n = 0
+        for ev, subscriber in list(self._subscriptions):
+            if ev is None or ev == event:
+                if not subscriber.destroyed:
+                    subscriber.send_event(event, dict(kw or {}), src=self)
+                    n += 1
+        return n
+
+    # ----- attributes --------------------------------------------------------------
+
+    def read_attr(self, name: str) -> Any:
+        try:
+            return self.attrs[name]
+        except KeyError:
+            raise AttrError(self.gclass.name, name, "unknown attribute") from None
+
+    def write_attr(self, name: str, value: Any) -> None:
+        """Write an attribute on this gobj's thread, then run `mt_writing(name)`.
+
+        The value is coerced to the attribute's type. When `mt_writing` raises, the old
+        value is restored and the error propagates. PERSIST attributes are saved.
+        """
+        self._call(self._write_attr, name, value)
+
+    def _write_attr(self, name: str, value: Any) -> None:
+        attr = self.gclass.attr_index.get(name)
+        if attr is None:
+            raise AttrError(self.gclass.name, name, "unknown attribute")
+        try:
+            new = coerce(attr.type, value)
+        except ValueError as exc:
+            raise AttrError(self.gclass.name, name, str(exc)) from None
+        old = self.attrs.get(name)
+        self.attrs[name] = new
+        try:
+            self.mt_writing(name)
+        except Exception:
+            self.attrs[name] = old
+            raise
+        if Flag.PERSIST in attr.flags and self.runtime is not None:
+            self.runtime.save_persistent(self)
+
+    def persistent_attrs(self) -> dict[str, Any]:
+        return {a.name: self.attrs[a.name] for a in self.gclass.attrs if Flag.PERSIST in a.flags}
+
+    # ----- life cycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start this gobj (runs `mt_start`); starting a running gobj does nothing."""
+        self._call(self._start)
+
+    def _start(self) -> None:
+        if not self.running:
+            self.running = True
+            self.mt_start()
+
+    def stop(self) -> None:
+        self._call(self._stop)
+
+    def _stop(self) -> None:
+        if self.playing:
+            self._pause()
+        if self.running:
+            self.running = False
+            self.mt_stop()
+
+    def play(self) -> None:
+        self._call(self._play)
+
+    def _play(self) -> None:
+        if not self.running:
+            self._start()
+        if not self.playing:
+            self.playing = True
+            self.mt_play()
+
+    def pause(self) -> None:
+        self._call(self._pause)
+
+    def _pause(self) -> None:
+        if self.playing:
+            self.playing = False
+            self.mt_pause()
+
+    def start_tree(self) -> None:
+        """Start this gobj and every descendant whose parent is running, top to bottom."""
+        self.start()
+        for child in self.walk("top_to_bottom"):
+            if child.parent is not None and child.parent.running:
+                child.start()
+
+    def stop_tree(self) -> None:
+        """Stop every descendant bottom-up, then this gobj."""
+        for child in self.walk("bottom_to_top"):
+            _quietly(child, child.stop)
+        _quietly(self, self.stop)
+
+    def destroy(self) -> None:
+        """Stop and destroy the subtree bottom-up, and end the actors."""
+        for child in self.walk("bottom_to_top"):
+            child._destroy_one()
+        self._destroy_one()
+
+    def _destroy_one(self) -> None:
+        if self.destroyed:
+            return
+        _quietly(self, self.stop)
+        _quietly(self, lambda: self._call(self.mt_destroy))
+        self.destroyed = True
+        if self.parent is not None and self in self.parent.children:
+            self.parent.children.remove(self)
+        if self.runtime is not None:
+            self.runtime.unregister_service(self)
+        _machine_for(self.gclass).remove_model(self._fsm)
+        if not self._on_own_thread():
+            self._actor.stop(block=True, timeout=ASK_TIMEOUT)
+        else:
+            self._actor.stop(block=False)
+
+    # Overridable hooks, all run on the gobj's thread.
+    def mt_create(self) -> None:
+        """Called once after creation, before any event."""
+
+    def mt_start(self) -> None:
+        """Called by start()."""
+
+    def mt_stop(self) -> None:
+        """Called by stop()."""
+
+    def mt_play(self) -> None:
+        """Called by play()."""
+
+    def mt_pause(self) -> None:
+        """Called by pause()."""
+
+    def mt_destroy(self) -> None:
+        """Called once before the actor ends."""
+
+    def mt_writing(self, name: str) -> None:
+        """Called after attribute `name` was written at run time; raise to refuse it."""
+
+    # ----- commands ------------------------------------------------------------------
+
+    def command(self, line: str, kw: dict | None = None, src: GObj | None = None) -> dict:
+        """Run a command line (`cmd key=value ...`) plus typed `kw`; return its envelope.
+
+        Never raises: every failure is an envelope with a negative result.
+        """
+        try:
+            return self._call(self._command, line, dict(kw or {}), src)
+        except Exception as exc:
+            return error_envelope(exc)
+
+    def find_command(self, name: str) -> Command | None:
+        key = name.lower()
+        return self.gclass.command_index.get(key) or _BUILTIN_INDEX.get(key)
+
+    def _command(self, line: str, kw: dict, src: GObj | None) -> dict:
+        try:
+            name, positional, pairs = split_command(line)
+            cmd = self.find_command(name)
+            if cmd is None:
+                raise CommandError(f"command '{name}' not available in '{self.name}' ({self.gclass.name})")
+            pairs.update(kw)
+            typed = build_kw(cmd, positional, pairs)
+            answer = getattr(self, cmd.handler)(cmd.name, typed, src)
+        except CommandError as exc:
+            return error_envelope(exc)
+        except Exception as exc:
+            self.log_error("command failed", command=line, error=repr(exc), exc_info=True)
+            return error_envelope(exc)
+        if answer is None:
+            return envelope(0)
+        if isinstance(answer, dict) and "result" in answer:
+            answer.setdefault("comment", "")
+            answer.setdefault("schema", None)
+            answer.setdefault("data", None)
+            if answer["result"] < 0 and not answer["comment"]:
+                answer["comment"] = "(see log)"
+            return answer
+        return envelope(0, "", None, answer)
+
+    def cmd_help(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        rows = []
+        for c in (*self.gclass.commands, *BUILTIN_COMMANDS):
+            params = " ".join(
+                f"{p.name}=<{p.type}>" + (f" (default {p.default!r})" if p.default not in (None, "") else "")
+                for p in c.params
+            )
+            rows.append(
+                {
+                    "command": c.name,
+                    "aliases": ",".join(c.aliases),
+                    "parameters": params + (" [key=value ...]" if c.wild else ""),
+                    "description": c.description,
+                }
+            )
+        schema = [
+            {"id": "command", "header": "Command"},
+            {"id": "aliases", "header": "Aliases"},
+            {"id": "parameters", "header": "Parameters"},
+            {"id": "description", "header": "Description"},
+        ]
+        return envelope(0, f"{len(rows)} commands of {self.gclass.name}^{self.name}", schema, rows)
+
+    def cmd_view_attrs(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        data = {a.name: self.attrs[a.name] for a in self.gclass.attrs if a.flags & _PUBLIC}
+        return envelope(0, "", None, data)
+
+    def cmd_write_attr(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        name = kw.get("attr_name") or ""
+        attr: Attr | None = self.gclass.attr_index.get(name)
+        if attr is None:
+            raise CommandError(f"{self.gclass.name}: attribute '{name}' not found")
+        if Flag.WR not in attr.flags:
+            raise CommandError(f"{self.gclass.name}: attribute '{name}' is not writable")
+        if "value" not in kw:
+            raise ParseError("write-attr: parameter 'value' is required")
+        self._write_attr(name, kw["value"])
+        return envelope(0, f"{name} written", None, {name: self.attrs[name]})
+
+    def cmd_view_gobj_tree(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        wanted = [a.strip() for a in str(kw.get("attrs") or "").split(",") if a.strip()]
+        return envelope(0, "", None, self.tree_node(wanted))
+
+    def tree_node(self, wanted: list[str]) -> dict:
+        """This gobj and its subtree as a dict (read from any thread: plain reads only)."""
+        node: dict[str, Any] = {
+            "gclass": self.gclass.name,
+            "name": self.name,
+            "full_name": self.full_name,
+            "state": self.state,
+            "running": self.running,
+            "playing": self.playing,
+        }
+        attrs = {a: self.attrs[a] for a in wanted if a in self.attrs}
+        if attrs:
+            node["attrs"] = attrs
+        node["children"] = [c.tree_node(wanted) for c in list(self.children)]
+        return node
+
+    # ----- logging -------------------------------------------------------------------
+
+    def log(self, level: str, msg: str, **fields: Any) -> None:
+        log(level, self.full_name, msg, **fields)
+
+    def log_error(self, msg: str, **fields: Any) -> None:
+        log("error", self.full_name, msg, **fields)
+
+    def __repr__(self) -> str:
+        return f"<{self.full_name} {self.state}>"
+
+
+def _copy_default(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        import copy
+
+        return copy.deepcopy(value)
+    return value
+
+
+def _quietly(gobj: GObj, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception as exc:
+        gobj.log_error("life-cycle call failed", error=repr(exc), exc_info=True)
+
+
+def create_gobj(
+    name: str,
+    gclass: str | type[GObj],
+    kw: dict | None = None,
+    parent: GObj | None = None,
+    runtime: YunoRuntime | None = None,
+) -> GObj:
+    """Create a gobj of `gclass` under `parent`, validate `kw` against its attribute table,
+    restore its persistent attributes, start its actor and run `mt_create`."""
+    from yuneta.gclass import find_gclass
+
+    cls = find_gclass(gclass) if isinstance(gclass, str) else gclass
+    if runtime is None and parent is not None:
+        runtime = parent.runtime
+    if parent is not None and parent.find_child(name) is not None:
+        raise GClassError(f"{parent.full_name}: a child named '{name}' exists already")
+    gobj = cls(name, dict(kw or {}), parent, runtime)
+    if runtime is not None:
+        saved = runtime.load_persistent(gobj)
+        if saved:
+            gobj.attrs.update(saved)
+    if parent is not None:
+        parent.children.append(gobj)
+    try:
+        gobj._call(gobj.mt_create)
+    except Exception:
+        gobj.destroy()
+        raise
+    return gobj
+
+
+def iter_tree(top: GObj) -> Iterator[GObj]:
+    yield top
+    yield from top.walk()
