@@ -1,0 +1,599 @@
+"""ycommand: the operator's shell to a Yuneta agent (or any yuno) over WebSocket.
+
+It speaks the inter-event protocol of `yuneta.ievent` exactly as the C ``ycommand`` does:
+connect, send ``EV_IDENTITY_CARD``, wait for a positive ``EV_IDENTITY_CARD_ACK``, then send
+each command as ``EV_MT_COMMAND`` and print its ``EV_MT_COMMAND_ANSWER``. A line may chain
+commands with ``;`` (quotes and braces respected); a leading ``-`` lets the chain go on after
+that command fails. Answers print as the C tool prints them: lists with a schema as tables,
+other data as JSON, then the comment, or ``ERROR <result>: <comment>``. In ``-c`` mode the exit
+code is the last answer's result & 0xFF (so -1 exits 255); transport failures exit 1 and
+usage errors 2. Everything that waits is bounded by ``-w``: ycommand never hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import re
+import ssl
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from yuneta import ievent
+
+DEFAULT_URL = "ws://127.0.0.1:1991"
+DEFAULT_ROLE = "yuneta_agent"
+DEFAULT_SERVICE = "__default_service__"
+DEFAULT_WAIT = 5.0
+DEFAULT_LINGER = 0.25
+HISTORY_FILE = "~/.ycommand_history"
+EXIT_TRANSPORT = 1
+EXIT_USAGE = 2
+LOCAL_COMMANDS = ("exit", "quit", "history")
+
+_RED = "\033[41;1;37m"
+_YELLOW = "\033[0;93m"
+_CYAN = "\033[1;36m"
+_GRAY = "\033[0;90m"
+_OFF = "\033[0m"
+
+
+# ---------------------------------------------------------------------------
+#   Command lines
+# ---------------------------------------------------------------------------
+
+def split_commands(text: str) -> list[str]:
+    """Split a line into commands on top-level ``;``, as the C split_commands_into_array.
+
+    A ``;`` inside '...' or "..." (backslash escapes inside quotes) or inside {...} is literal.
+    Each command is stripped of spaces and tabs; empty commands are dropped.
+    """
+    commands: list[str] = []
+    start = 0
+    depth = 0
+    quote = ""
+    i = 0
+    n = len(text)
+    while i <= n:
+        ch = text[i] if i < n else ""
+        if quote:
+            if ch == "\\" and i + 1 < n:
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "{":
+            depth += 1
+        elif ch == "}" and depth > 0:
+            depth -= 1
+        elif (ch == ";" and depth == 0) or i == n:
+            chunk = text[start:i].strip(" \t\r\n")
+            if chunk:
+                commands.append(chunk)
+            start = i + 1
+        i += 1
+    return commands
+
+
+def strip_ignore_prefix(command: str) -> tuple[bool, str]:
+    """``(ignore_error, command)``: a leading ``-`` means "go on if this command fails"."""
+    command = command.strip(" \t")
+    if command.startswith("-"):
+        return True, command[1:].lstrip(" \t")
+    return False, command
+
+
+# ---------------------------------------------------------------------------
+#   Rendering
+# ---------------------------------------------------------------------------
+
+def _paint(text: str, color: str, enabled: bool) -> str:
+    return f"{color}{text}{_OFF}" if enabled else text
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _is_table_schema(schema: Any) -> bool:
+    return (isinstance(schema, list) and len(schema) > 0
+            and all(isinstance(col, dict) for col in schema))
+
+
+def _fillspace(col: dict[str, Any]) -> int:
+    header = col.get("header")
+    header = header if isinstance(header, str) else ""
+    fill = col.get("fillspace", 10)
+    fill = fill if isinstance(fill, int) and not isinstance(fill, bool) else 10
+    if fill and fill < len(header):
+        fill = len(header)
+    return fill
+
+
+def render_table(schema: list[dict[str, Any]], rows: list[Any], color: bool = False) -> str:
+    """A list of rows as the C jsontable2str draws it.
+
+    One column per schema entry ``{"id", "header", "fillspace"}`` (width ``fillspace``,
+    default 10, at least the header's length; 0 hides the column; cells are cut to the width),
+    a header line, a ``===`` line, one line per row, then ``Total: N``.
+    """
+    cols = [(col, _fillspace(col)) for col in schema]
+    cols = [(col, fill) for col, fill in cols if fill > 0]
+
+    def line(cells: Iterable[str]) -> str:
+        return " ".join(cells).rstrip()
+
+    header = line(_paint(str(col.get("header") or "").ljust(fill)[:fill], _CYAN, color)
+                  for col, fill in cols)
+    ruler = line(_paint("=" * fill, _GRAY, color) for _, fill in cols)
+    out = [header, ruler]
+    for row in rows:
+        cells = []
+        for col, fill in cols:
+            value = row.get(str(col.get("id"))) if isinstance(row, dict) else None
+            cells.append(_cell_text(value).replace("\n", " ").ljust(fill)[:fill])
+        out.append(line(cells))
+    out.append("")
+    out.append(f"Total: {len(rows)}")
+    return "\n".join(out)
+
+
+def render_answer(kw: dict[str, Any], color: bool = False) -> str:
+    """The text ycommand prints for one answer (C display_webix_result).
+
+    Data: a list with a table schema -> table; other lists and dicts -> JSON indented by 4;
+    a string as is; numbers/booleans as JSON; null -> nothing. Then, when ``result < 0``,
+    ``ERROR <result>: <comment>``, else the comment when not empty.
+    """
+    result = kw.get("result", -1)
+    result = result if isinstance(result, int) and not isinstance(result, bool) else -1
+    comment = kw.get("comment")
+    comment = comment if isinstance(comment, str) else ""
+    schema = kw.get("schema")
+    data = kw.get("data")
+    parts: list[str] = []
+    if isinstance(data, list) and _is_table_schema(schema):
+        parts.append(render_table(schema, data, color))
+    elif isinstance(data, (list, dict)):
+        parts.append(json.dumps(data, indent=4, ensure_ascii=False))
+    elif isinstance(data, str):
+        parts.append(data)
+    elif data is not None:
+        parts.append(json.dumps(data))
+    if result < 0:
+        parts.append(_paint(f"ERROR {result}: {comment}", _RED, color))
+    elif comment:
+        parts.append(_paint(comment, _YELLOW, color))
+    return "\n".join(parts)
+
+
+def render_json(kw: dict[str, Any]) -> str:
+    """One answer as a compact JSON line: the envelope, plus ``__md_yuno__`` when present."""
+    envelope = {key: kw.get(key) for key in ("result", "comment", "schema", "data")}
+    if "__md_yuno__" in kw:
+        envelope["__md_yuno__"] = kw["__md_yuno__"]
+    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+
+
+def extract_command_names(kw: dict[str, Any]) -> list[str]:
+    """Command names from a ``help`` answer, for completion.
+
+    Understands the C help text (lines ``- name ...``), lists of names, lists of dicts with
+    ``command``/``name``/``id``, and dicts keyed by command name.
+    """
+    data = kw.get("data")
+    names: list[str] = []
+    if isinstance(data, str):
+        names = re.findall(r"^\s*-\s+([A-Za-z0-9_][\w.\-]*)", data, flags=re.MULTILINE)
+    elif isinstance(data, list):
+        for item in data:
+            if isinstance(item, str):
+                names.append(item)
+            elif isinstance(item, dict):
+                for key in ("command", "name", "id"):
+                    if isinstance(item.get(key), str):
+                        names.append(item[key])
+                        break
+    elif isinstance(data, dict):
+        names = [key for key in data if isinstance(key, str)]
+    return sorted(set(names))
+
+
+# ---------------------------------------------------------------------------
+#   The link to the remote yuno
+# ---------------------------------------------------------------------------
+
+class YcommandError(Exception):
+    """A failure that ends ycommand with a message on stderr and ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_TRANSPORT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Options:
+    """What the command line asked for."""
+
+    url: str = DEFAULT_URL
+    command: str = ""
+    yuno_role: str = DEFAULT_ROLE
+    yuno_name: str = ""
+    service: str = DEFAULT_SERVICE
+    wait: float = DEFAULT_WAIT
+    linger: float = DEFAULT_LINGER
+    interactive: bool = False
+    as_json: bool = False
+    token: str = ""
+    cafile: str = ""
+    insecure: bool = False
+
+
+class AgentLink:
+    """One identified WebSocket session to a yuno; runs commands one at a time.
+
+    A reader task feeds every received message to the `ievent.ClientSession`; the answer to
+    the command in flight (matched by msg_id) completes it, any other answer (e.g. the
+    per-yuno answers of ``command-yuno``) goes to ``on_extra_answer`` as it arrives.
+    """
+
+    def __init__(self, ws: ClientConnection, session: ievent.ClientSession, wait: float,
+                 on_extra_answer: Callable[[ievent.CommandAnswer], None]) -> None:
+        self.ws = ws
+        self.session = session
+        self.wait = wait
+        self.on_extra_answer = on_extra_answer
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending: tuple[int, asyncio.Future[ievent.CommandAnswer]] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.closed_reason = ""
+
+    async def identify(self) -> ievent.SessionOpened:
+        """Send the identity card and wait (at most ``wait`` s) for a positive ACK."""
+        await self.ws.send(self.session.connection_made().text)
+        self._reader = asyncio.create_task(self._read())
+        try:
+            async with asyncio.timeout(self.wait):
+                while True:
+                    event = await self._inbox.get()
+                    if isinstance(event, ievent.SessionOpened):
+                        return event
+                    if isinstance(event, ievent.IdentityRefused):
+                        code = event.result & 0xFF or EXIT_TRANSPORT
+                        raise YcommandError(
+                            f"ERROR {event.result}: Identity card refused: {event.comment}", code)
+                    if isinstance(event, ConnectionClosed):
+                        raise YcommandError(f"connection closed before the identity card ACK "
+                                            f"({self.closed_reason})")
+        except TimeoutError:
+            raise YcommandError(f"no identity card ACK within {self.wait:g} s") from None
+
+    async def command(self, line: str) -> ievent.CommandAnswer:
+        """Send one command and wait (at most ``wait`` s) for its answer."""
+        msg_id, frame = self.session.send_command(line)
+        future: asyncio.Future[ievent.CommandAnswer] = asyncio.get_running_loop().create_future()
+        self._pending = (msg_id, future)
+        try:
+            await self.ws.send(frame.text)
+            async with asyncio.timeout(self.wait):
+                return await future
+        except TimeoutError:
+            raise YcommandError(f"no answer to '{line}' within {self.wait:g} s") from None
+        except ConnectionClosed:
+            raise YcommandError(f"connection closed ({self.closed_reason})") from None
+        finally:
+            self._pending = None
+
+    async def close(self) -> None:
+        """Close the WebSocket (bounded by ``wait``) and stop the reader."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.wait):
+                await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                for event in self.session.receive_data(message):
+                    self._dispatch(event)
+        except ConnectionClosed:
+            pass
+        self.session.connection_lost()
+        rcvd = self.ws.close_rcvd
+        self.closed_reason = (f"code {rcvd.code} {rcvd.reason}".strip() if rcvd
+                              else "closed by peer")
+        closed = ConnectionClosed(rcvd, self.ws.close_sent)
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(closed)
+        self._inbox.put_nowait(closed)
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, ievent.CommandAnswer):
+            pending = self._pending
+            if pending is not None and not pending[1].done() and event.msg_id in (pending[0],
+                                                                                   None):
+                pending[1].set_result(event)
+            else:
+                self.on_extra_answer(event)
+        elif isinstance(event, ievent.ProtocolFault):
+            print(f"ycommand: protocol error: {event.reason}", file=sys.stderr)
+        else:
+            self._inbox.put_nowait(event)
+
+
+def make_ssl_context(opts: Options) -> ssl.SSLContext | None:
+    """The client TLS context for ``wss://`` URLs (None for ``ws://``)."""
+    if not opts.url.lower().startswith("wss://"):
+        return None
+    ctx = ssl.create_default_context(cafile=opts.cafile or None)
+    if opts.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Shell:
+    """Runs command lines over an `AgentLink` and prints the answers."""
+
+    def __init__(self, opts: Options, out: TextIO | None = None) -> None:
+        self.opts = opts
+        self.out = out or sys.stdout
+        self.color = not opts.as_json and self.out.isatty()
+        self.last_result = 0
+        self.link: AgentLink | None = None
+
+    def show(self, answer: ievent.CommandAnswer) -> None:
+        """Print one answer; remember its result for the exit code."""
+        self.last_result = answer.result
+        text = render_json(answer.kw) if self.opts.as_json else render_answer(answer.kw,
+                                                                               self.color)
+        if text:
+            print(text, file=self.out, flush=True)
+
+    async def connect(self) -> ievent.SessionOpened:
+        """Open the WebSocket and identify; errors become `YcommandError`."""
+        opts = self.opts
+        session = ievent.ClientSession(
+            yuno_role="ycommand", src_service="ycommand", dst_role=opts.yuno_role,
+            dst_yuno=opts.yuno_name, dst_service=opts.service, user=_username(),
+            pid=os.getpid(), jwt=opts.token or None)
+        try:
+            ws = await connect(opts.url, ssl=make_ssl_context(opts), open_timeout=opts.wait,
+                               close_timeout=min(opts.wait, 2.0), compression=None, proxy=None,
+                               max_size=ievent.DEFAULT_MAX_FRAME_SIZE, ping_interval=None)
+        except (OSError, TimeoutError) as exc:
+            raise YcommandError(f"cannot connect to {opts.url}: {exc or 'timeout'}") from None
+        except Exception as exc:  # invalid URI, refused handshake...
+            raise YcommandError(f"cannot connect to {opts.url}: {exc}") from None
+        self.link = AgentLink(ws, session, opts.wait, self.show)
+        try:
+            return await self.link.identify()
+        except BaseException:
+            await self.link.close()
+            raise
+
+    async def run_line(self, line: str, *, stop_on_error: bool = True) -> str:
+        """Run every command of a line in order, each after the previous answer.
+
+        Returns ``"done"``, ``"stopped"`` (a command without ``-`` failed: the rest of the
+        line was skipped) or ``"exit"`` (the local ``exit``/``quit``).
+        """
+        assert self.link is not None
+        for command in split_commands(line):
+            ignore, command = strip_ignore_prefix(command)
+            if not command:
+                continue
+            if command.lower() in ("exit", "quit"):
+                return "exit"
+            if command.lower() == "history":
+                _print_history(self.out)
+                continue
+            answer = await self.link.command(command)
+            self.show(answer)
+            if answer.result < 0 and stop_on_error and not ignore:
+                return "stopped"
+        return "done"
+
+    async def linger(self) -> None:
+        """Give late answers (fan-out of command-yuno) a moment to arrive and print."""
+        if self.opts.linger > 0 and self.link is not None:
+            await asyncio.sleep(self.opts.linger)
+
+    async def close(self) -> None:
+        if self.link is not None:
+            await self.link.close()
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return ""
+
+
+# ---------------------------------------------------------------------------
+#   Interactive mode
+# ---------------------------------------------------------------------------
+
+def _print_history(out: TextIO) -> None:
+    try:
+        import readline
+    except ImportError:
+        return
+    for i in range(1, readline.get_current_history_length() + 1):
+        print(f"{i:4d}  {readline.get_history_item(i)}", file=out)
+
+
+def _setup_readline(names: list[str]) -> Callable[[], None]:
+    """History in ~/.ycommand_history and tab completion of ``names``; returns the saver."""
+    try:
+        import readline
+    except ImportError:
+        return lambda: None
+    path = os.path.expanduser(HISTORY_FILE)
+    with contextlib.suppress(OSError):
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+    words = sorted(set(names) | set(LOCAL_COMMANDS))
+
+    def complete(text: str, state: int) -> str | None:
+        line = readline.get_line_buffer()
+        current = re.split(r"[;\s]", line[: readline.get_endidx()])[-1].lstrip("-")
+        if current != text.lstrip("-"):
+            return None
+        prefix = text[: len(text) - len(text.lstrip("-"))]
+        matches = [prefix + w for w in words if w.startswith(text.lstrip("-"))]
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(complete)
+    readline.set_completer_delims(" \t;")
+    readline.parse_and_bind("tab: complete")
+
+    def save() -> None:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(path)
+    return save
+
+
+async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
+    assert shell.link is not None
+    names: list[str] = []
+    try:
+        names = extract_command_names((await shell.link.command("help")).kw)
+    except YcommandError:
+        pass
+    save_history = _setup_readline(names)
+    remote = opened.remote_yuno_role + (f"^{opened.remote_yuno_name}"
+                                        if opened.remote_yuno_name else "")
+    print(f"Connected to '{remote}', url:'{shell.opts.url}'.", file=shell.out)
+    prompt = f"{remote}> "
+    loop = asyncio.get_running_loop()
+    try:
+        if shell.opts.command and await shell.run_line(shell.opts.command) == "exit":
+            return shell.last_result & 0xFF
+        while True:
+            try:
+                line = await loop.run_in_executor(None, input, prompt)
+            except (EOFError, KeyboardInterrupt):
+                print(file=shell.out)
+                break
+            try:
+                if await shell.run_line(line) == "exit":
+                    break
+            except YcommandError as exc:
+                print(f"ycommand: {exc}", file=sys.stderr)
+                if shell.link.session.state == ievent.ST_CLOSED:
+                    return EXIT_TRANSPORT
+    finally:
+        save_history()
+    return shell.last_result & 0xFF
+
+
+# ---------------------------------------------------------------------------
+#   Entry point
+# ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (option letters as the C ycommand)."""
+    p = argparse.ArgumentParser(
+        prog="ycommand", description="Yuneta Command: send commands to a yuno (the agent).",
+        epilog="Inside a line ';' chains commands; a leading '-' goes on after an error. "
+               "Exit code: the last answer's result & 0xFF.")
+    p.add_argument("-c", "--command", default="", help="command line to run")
+    p.add_argument("-u", "--url", default=DEFAULT_URL, help=f"URL (default {DEFAULT_URL})")
+    p.add_argument("-O", "--yuno_role", "--yuno-role", dest="yuno_role", default=DEFAULT_ROLE,
+                   help=f"remote yuno role (default {DEFAULT_ROLE})")
+    p.add_argument("-o", "--yuno_name", "--yuno-name", dest="yuno_name", default="",
+                   help="remote yuno name (default any)")
+    p.add_argument("-S", "--yuno_service", "--service", dest="service", default=DEFAULT_SERVICE,
+                   help=f"remote service (default {DEFAULT_SERVICE})")
+    p.add_argument("-w", "--wait", type=float, default=DEFAULT_WAIT,
+                   help=f"seconds to wait for the connection, the ACK and each answer "
+                        f"(default {DEFAULT_WAIT:g})")
+    p.add_argument("--linger", type=float, default=DEFAULT_LINGER,
+                   help="seconds to keep printing late answers after the last one "
+                        f"(default {DEFAULT_LINGER:g})")
+    p.add_argument("-i", "--interactive", action="store_true", help="interactive shell")
+    p.add_argument("--json", dest="as_json", action="store_true",
+                   help="print each answer as its raw JSON envelope, one per line")
+    p.add_argument("-t", "--token", "-j", "--jwt", dest="token", default="",
+                   help="credential (JWT) put in the identity card")
+    p.add_argument("--cafile", "--ssl-trusted-certificate", dest="cafile", default="",
+                   help="PEM CA file to verify a wss:// server")
+    p.add_argument("--insecure", "--ssl-allow-insecure-client", dest="insecure",
+                   action="store_true", help="do not verify a wss:// server's certificate")
+    p.add_argument("words", nargs=argparse.REMAINDER,
+                   help="the command, when -c is not given")
+    return p
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    """Options from the command line (``words`` joined by spaces are the command)."""
+    ns = build_parser().parse_args(argv)
+    command = ns.command or " ".join(ns.words).strip()
+    if ns.wait <= 0:
+        raise YcommandError("-w must be a positive number of seconds", EXIT_USAGE)
+    return Options(url=ns.url, command=command, yuno_role=ns.yuno_role, yuno_name=ns.yuno_name,
+                   service=ns.service, wait=ns.wait, linger=max(ns.linger, 0.0),
+                   interactive=ns.interactive, as_json=ns.as_json, token=ns.token,
+                   cafile=ns.cafile, insecure=ns.insecure)
+
+
+async def run(opts: Options) -> int:
+    """Run ycommand with ``opts``; return the process exit code."""
+    shell = Shell(opts)
+    if not opts.interactive and not opts.command and sys.stdin.isatty():
+        raise YcommandError("What command? (give -c CMD, words, -i, or lines on stdin)",
+                            EXIT_USAGE)
+    opened = await shell.connect()
+    try:
+        if opts.interactive:
+            return await _interactive(shell, opened)
+        if opts.command:
+            await shell.run_line(opts.command)
+        else:
+            # Lines piped on stdin: every line runs, a failure does not stop the next one
+            # (as the C ycommand's stdin-pipe mode).
+            loop = asyncio.get_running_loop()
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                await shell.run_line(line.rstrip("\n"), stop_on_error=False)
+        await shell.linger()
+        return shell.last_result & 0xFF
+    finally:
+        await shell.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns (and exits with) the exit code."""
+    try:
+        opts = parse_options(argv)
+        code = asyncio.run(run(opts))
+    except YcommandError as exc:
+        print(f"ycommand: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
