@@ -55,7 +55,8 @@ def split_commands(text: str) -> list[str]:
     """Split a line into commands on top-level ``;``, as the C split_commands_into_array.
 
     A ``;`` inside '...' or "..." (backslash escapes inside quotes) or inside {...} is literal.
-    Each command is stripped of spaces and tabs; empty commands are dropped.
+    Each command is stripped of spaces and tabs; empty commands are dropped. An unterminated
+    quote runs to the end of the line (the C drops that last command; we keep it).
     """
     commands: list[str] = []
     start = 0
@@ -65,7 +66,7 @@ def split_commands(text: str) -> list[str]:
     n = len(text)
     while i <= n:
         ch = text[i] if i < n else ""
-        if quote:
+        if quote and i < n:
             if ch == "\\" and i + 1 < n:
                 i += 2
                 continue

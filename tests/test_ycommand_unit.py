@@ -1,0 +1,338 @@
+"""ycommand: line splitting, answer rendering, and the real executable against a real server.
+
+The end-to-end tests run ``python -m yuneta.ycommand`` as a subprocess against a small
+websockets server (127.0.0.1, ephemeral port) built on ievent.ServerSession.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import serve
+
+from yuneta import ievent
+from yuneta.ycommand import (
+    extract_command_names,
+    parse_options,
+    render_answer,
+    render_json,
+    render_table,
+    split_commands,
+    strip_ignore_prefix,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------
+#   Line splitting
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, commands", [
+    ("help", ["help"]),
+    ("a; b ;c", ["a", "b", "c"]),
+    ("  a ;; ; b  ", ["a", "b"]),
+    ("", []),
+    ("set x='a;b'; next", ["set x='a;b'", "next"]),
+    ('set x="a;b"; next', ['set x="a;b"', "next"]),
+    (r'set x="a\";b"; next', [r'set x="a\";b"', "next"]),
+    ('write kw={"a":1;"b":2}; next', ['write kw={"a":1;"b":2}', "next"]),
+    ("-fail; ok", ["-fail", "ok"]),
+    ("unterminated 'quote; still one", ["unterminated 'quote; still one"]),
+])
+def test_split_commands_on_top_level_semicolons(line, commands):
+    assert split_commands(line) == commands
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("-kill-yuno id=3", (True, "kill-yuno id=3")),
+    ("- kill-yuno", (True, "kill-yuno")),
+    ("kill-yuno", (False, "kill-yuno")),
+    ("  -x", (True, "x")),
+])
+def test_leading_dash_means_ignore_error(command, expected):
+    assert strip_ignore_prefix(command) == expected
+
+
+# ---------------------------------------------------------------------------
+#   Rendering
+# ---------------------------------------------------------------------------
+
+SCHEMA = [
+    {"id": "name", "header": "Name", "fillspace": 8},
+    {"id": "days", "header": "Days Remaining"},            # header wider than default 10
+    {"id": "hidden", "header": "Hidden", "fillspace": 0},  # fillspace 0 hides the column
+    {"id": "ok", "header": "Ok", "fillspace": 4},
+]
+
+
+def test_table_matches_the_c_layout():
+    rows = [{"name": "listener-one", "days": 12, "ok": True, "hidden": "x"},
+            {"name": "b", "days": None, "ok": False}]
+    assert render_table(SCHEMA, rows).splitlines() == [
+        "Name     Days Remaining Ok",
+        "======== ============== ====",
+        "listener 12             true",
+        "b" + " " * 23 + "fals",  # cells are cut to the column width, as in C
+        "",
+        "Total: 2",
+    ]
+
+
+def test_list_with_schema_prints_a_table_then_the_comment():
+    text = render_answer({"result": 0, "comment": "2 listeners", "schema": SCHEMA,
+                          "data": [{"name": "a"}]})
+    lines = text.splitlines()
+    assert lines[0].startswith("Name") and lines[-2] == "Total: 1" and lines[-1] == "2 listeners"
+
+
+def test_dict_data_prints_as_indented_json():
+    text = render_answer({"result": 0, "comment": "", "schema": None, "data": {"a": [1]}})
+    assert text == json.dumps({"a": [1]}, indent=4)
+
+
+def test_list_without_schema_prints_as_json_and_strings_as_is():
+    assert render_answer({"result": 0, "data": [1, 2]}) == json.dumps([1, 2], indent=4)
+    assert render_answer({"result": 0, "data": "Available commands\n- help"}) == (
+        "Available commands\n- help")
+    assert render_answer({"result": 0, "data": 42}) == "42"
+
+
+def test_negative_result_prints_error_line():
+    assert render_answer({"result": -1, "comment": "Yuno not found", "data": None}) == (
+        "ERROR -1: Yuno not found")
+
+
+def test_colors_only_when_asked():
+    assert "\033[" in render_answer({"result": -1, "comment": "x"}, color=True)
+    assert "\033[" not in render_answer({"result": -1, "comment": "x"})
+
+
+def test_json_mode_prints_the_envelope():
+    kw = {"result": 0, "comment": "c", "schema": None, "data": {"a": 1},
+          "__md_iev__": {"x": 1}, "__md_yuno__": {"yuno_role": "agent"}}
+    assert json.loads(render_json(kw)) == {"result": 0, "comment": "c", "schema": None,
+                                           "data": {"a": 1},
+                                           "__md_yuno__": {"yuno_role": "agent"}}
+
+
+def test_command_names_from_the_c_help_text():
+    help_text = ("Available commands\n==================\n\n> C_AGENT^agent\n"
+                 "- help                         (h , ?) [cmd='?']. Command's help\n"
+                 "- list-yunos                   List yunos\n"
+                 "- command-yuno                 [command='?']. Command to yuno\n")
+    assert extract_command_names({"data": help_text}) == ["command-yuno", "help", "list-yunos"]
+    assert extract_command_names({"data": [{"command": "a"}, "b"]}) == ["a", "b"]
+
+
+def test_words_after_the_options_are_the_command():
+    opts = parse_options(["-u", "ws://h:1", "-w", "2", "command-yuno", "command=x"])
+    assert (opts.url, opts.wait, opts.command) == ("ws://h:1", 2.0, "command-yuno command=x")
+    defaults = parse_options(["-c", "help"])
+    assert (defaults.url, defaults.yuno_role, defaults.service) == (
+        "ws://127.0.0.1:1991", "yuneta_agent", "__default_service__")
+
+
+# ---------------------------------------------------------------------------
+#   End to end: the real executable against a real WebSocket server
+# ---------------------------------------------------------------------------
+
+class TinyAgent:
+    """A WebSocket server answering a few commands through ievent.ServerSession."""
+
+    TABLE_SCHEMA = [{"id": "name", "header": "Name", "fillspace": 12},
+                    {"id": "state", "header": "State", "fillspace": 8}]
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def auth(self, card) -> tuple[int, str]:
+        jwt = card.get("jwt") or ""
+        if jwt and jwt != "good-token":
+            return -1, "Authentication failed: Invalid token"
+        return 0, "Welcome"
+
+    def envelope(self, request: ievent.CommandRequest) -> dict:
+        name = request.command.split()[0]
+        if name == "list":
+            return {"result": 0, "comment": "2 yunos", "schema": self.TABLE_SCHEMA,
+                    "data": [{"name": "emailsender", "state": "running"},
+                             {"name": "logcenter", "state": "paused"}]}
+        if name == "ok":
+            return {"result": 0, "comment": "done", "schema": None, "data": None}
+        if name == "info":
+            return {"result": 0, "comment": "", "schema": None, "data": {"role": "agent"}}
+        if name == "fail":
+            return {"result": -1, "comment": "it failed", "schema": None, "data": None}
+        if name == "help":
+            return {"result": 0, "comment": "", "schema": None,
+                    "data": "Available commands\n- list  List\n- ok  Ok\n- fail  Fail\n"}
+        return {"result": -1, "comment": f"command not available: '{name}'"}
+
+    async def handler(self, ws) -> None:
+        session = ievent.ServerSession(
+            yuno_role="yuneta_agent", yuno_name="agent", yuno_id="id-1", realm_name="test",
+            services={"__default_service__", "agent", "__yuno__"}, auth=self.auth)
+        async for message in ws:
+            for action in session.receive_data(message):
+                if isinstance(action, ievent.SendFrame):
+                    await ws.send(action.text)
+                elif isinstance(action, ievent.Close):
+                    await ws.close()
+                    return
+                elif isinstance(action, ievent.CommandRequest):
+                    self.received.append(action.command)
+                    if action.command.startswith("fanout"):
+                        # command-yuno style: one answer per yuno, the last one later
+                        for n in (1, 2):
+                            env = {"result": 0, "comment": f"yuno {n} done", "data": None}
+                            if n == 2:
+                                await asyncio.sleep(0.05)
+                            await ws.send(session.answer(action, env).text)
+                        continue
+                    await ws.send(session.answer(action, self.envelope(action)).text)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = self._loop.create_future()
+        async with serve(self.handler, "127.0.0.1", 0) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop
+
+    def start(self) -> TinyAgent:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set_result, None)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def agent():
+    agent = TinyAgent().start()
+    yield agent
+    agent.stop()
+
+
+def ycommand(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "yuneta.ycommand", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def url(agent: TinyAgent) -> str:
+    return f"ws://127.0.0.1:{agent.port}"
+
+
+def test_success_exits_0_and_prints_the_table(agent):
+    proc = ycommand("-u", url(agent), "-c", "list")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["Name", "State"]
+    assert "emailsender running" in " ".join(proc.stdout.split())
+    assert "Total: 2" in lines and lines[-1] == "2 yunos"
+
+
+def test_failure_exits_255_with_error_line(agent):
+    proc = ycommand("-u", url(agent), "-c", "fail")
+    assert proc.returncode == 255
+    assert "ERROR -1: it failed" in proc.stdout
+
+
+def test_error_stops_the_chain(agent):
+    proc = ycommand("-u", url(agent), "-c", "fail; ok")
+    assert proc.returncode == 255
+    assert agent.received == ["fail"]
+    assert "done" not in proc.stdout
+
+
+def test_leading_dash_ignores_the_error_and_goes_on(agent):
+    proc = ycommand("-u", url(agent), "-c", "-fail; ok")
+    assert proc.returncode == 0, proc.stdout
+    assert agent.received == ["fail", "ok"]
+    assert "ERROR -1: it failed" in proc.stdout and proc.stdout.rstrip().endswith("done")
+
+
+def test_chained_commands_run_in_order(agent):
+    proc = ycommand("-u", url(agent), "info; ok ; list")
+    assert proc.returncode == 0, proc.stderr
+    assert agent.received == ["info", "ok", "list"]
+    assert '"role": "agent"' in proc.stdout
+
+
+def test_json_mode_prints_one_envelope_per_answer(agent):
+    proc = ycommand("-u", url(agent), "--json", "-c", "ok; info")
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [a["comment"] for a in answers] == ["done", ""]
+    assert answers[1]["data"] == {"role": "agent"}
+    assert answers[0]["__md_yuno__"]["yuno_role"] == "yuneta_agent"
+
+
+def test_fanout_answers_are_all_printed(agent):
+    proc = ycommand("-u", url(agent), "-c", "fanout")
+    assert proc.returncode == 0
+    assert "yuno 1 done" in proc.stdout and "yuno 2 done" in proc.stdout
+
+
+def test_wrong_role_is_refused_by_the_identity_ack(agent):
+    proc = ycommand("-u", url(agent), "-O", "controlcenter", "-c", "ok")
+    assert proc.returncode != 0
+    assert "Identity card refused" in proc.stderr
+    assert agent.received == []
+
+
+def test_token_travels_in_the_identity_card(agent):
+    assert ycommand("-u", url(agent), "-t", "good-token", "-c", "ok").returncode == 0
+    proc = ycommand("-u", url(agent), "--token", "bad", "-c", "ok")
+    assert proc.returncode == 255 and "Invalid token" in proc.stderr
+
+
+def test_unknown_service_is_refused(agent):
+    proc = ycommand("-u", url(agent), "-S", "ghost", "-c", "ok")
+    assert proc.returncode != 0 and "'ghost' not found" in proc.stderr
+
+
+def test_closed_port_fails_clearly_within_the_wait():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    proc = ycommand("-u", f"ws://127.0.0.1:{port}", "-w", "2", "-c", "help")
+    elapsed = time.monotonic() - start
+    assert proc.returncode not in (0, None)
+    assert "cannot connect" in proc.stderr and str(port) in proc.stderr
+    assert elapsed < 2 + 5  # the wait plus interpreter start-up
+
+
+def test_silent_server_times_out_within_the_wait():
+    with socket.socket() as listener:  # accepts TCP, never answers the WebSocket handshake
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        proc = ycommand("-u", f"ws://127.0.0.1:{port}", "-w", "1", "-c", "help")
+        elapsed = time.monotonic() - start
+    assert proc.returncode not in (0, None)
+    assert "cannot connect" in proc.stderr
+    assert elapsed < 1 + 5
