@@ -49,7 +49,7 @@ BUILTIN_COMMANDS: tuple[Command, ...] = (
         "cmd_write_attr",
         (
             Param("str", "attr_name", None, "Attribute to write"),
-            Param("str", "value", None, "New value (JSON for dict/list)"),
+            Param("json", "value", None, "New value (JSON for dict/list)"),
         ),
         "Write a writable attribute (runs the gclass's mt_writing)",
     ),
@@ -437,6 +437,11 @@ class GObj:
     def mt_writing(self, name: str) -> None:
         """Called after attribute `name` was written at run time; raise to refuse it."""
 
+    def mt_stats(self) -> None:
+        """Refresh STATS/RSTATS attributes kept elsewhere (e.g. by the I/O loop) before they
+        are read by `view-attrs` or `view-gobj-tree`. Must only do plain reads: it may run
+        on any thread."""
+
     # ----- commands ------------------------------------------------------------------
 
     def command(self, line: str, kw: dict | None = None, src: GObj | None = None) -> dict:
@@ -502,6 +507,7 @@ class GObj:
         return envelope(0, f"{len(rows)} commands of {self.gclass.name}^{self.name}", schema, rows)
 
     def cmd_view_attrs(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        self.mt_stats()
         data = {a.name: self.attrs[a.name] for a in self.gclass.attrs if a.flags & _PUBLIC}
         return envelope(0, "", None, data)
 
@@ -523,6 +529,7 @@ class GObj:
 
     def tree_node(self, wanted: list[str]) -> dict:
         """This gobj and its subtree as a dict (read from any thread: plain reads only)."""
+        self.mt_stats()
         node: dict[str, Any] = {
             "gclass": self.gclass.name,
             "name": self.name,
