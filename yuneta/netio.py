@@ -3,7 +3,7 @@
 `IOLoop` runs an asyncio loop in its own thread; actors (gobjs living in pykka threads) drive
 it through thread-safe calls (`run`, `run_sync`, `call_soon_threadsafe`). `TcpServer` listens
 on that loop and turns each accepted socket into a `Connection`: a light `asyncio.Protocol`
-object (not an actor, not a thread) that, for TLS, drives its own `ssl.SSLObject` over a pair
+object (not an actor, not a thread; reading into one receive buffer shared per server) that, for TLS, drives its own `ssl.SSLObject` over a pair
 of `ssl.MemoryBIO`s. That replaces asyncio's `SSLProtocol`, whose 256 KiB per-connection
 buffer makes an idle TLS connection cost ~280 KiB; here nothing per connection is sized
 beyond what OpenSSL itself needs. TLS contexts come from a zero-arg provider called at
@@ -32,6 +32,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # A TLS record carries at most 16 KiB of plaintext; reading more per call only grows the
 # transient bytes object SSLObject.read allocates before it shrinks it.
 _TLS_READ_SIZE = 16384
+
+_RECV_BUFFER_SIZE = 256 * 1024
 
 _HANDSHAKING, _OPEN, _CLOSING, _CLOSED = range(4)
 
@@ -149,7 +151,7 @@ class EchoHandler(Handler):
         conn.write(data)
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One accepted socket, plain or TLS, living in the loop thread.
 
     `peername`, `user_data` (free for the listener), `write()`, `close()`; for TLS also
@@ -292,13 +294,19 @@ class Connection(asyncio.Protocol):
         server.handshaking += 1
         self._timer = server._loop.call_later(server.handshake_timeout, self._handshake_timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # One receive buffer per server, shared by its connections: the loop thread consumes
+        # it synchronously in buffer_updated, so no connection owns a buffer and no recv
+        # allocates (a plain Protocol's recv(256 KiB) costs an mmap/munmap per read).
+        return self._server._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
         sslobj = self._sslobj
         if sslobj is None:
             if self._state == _OPEN:
-                self._handler.on_data(self, data)  # type: ignore[union-attr]
+                self._handler.on_data(self, bytes(self._server._rbuf[:nbytes]))  # type: ignore[union-attr]
             return
-        self._in.write(data)  # type: ignore[union-attr]
+        self._in.write(self._server._rbuf[:nbytes])  # type: ignore[union-attr]
         if self._state == _HANDSHAKING:
             try:
                 sslobj.do_handshake()
@@ -453,6 +461,7 @@ class TcpServer:
         self._server: asyncio.base_events.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: set[Connection] = set()
+        self._rbuf = memoryview(bytearray(_RECV_BUFFER_SIZE))
         self.connxs = 0
         self.tconnxs = 0
         self.handshaking = 0
