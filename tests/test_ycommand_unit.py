@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -152,7 +153,8 @@ class TinyAgent:
     TABLE_SCHEMA = [{"id": "name", "header": "Name", "fillspace": 12},
                     {"id": "state", "header": "State", "fillspace": 8}]
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None) -> None:
+        self.ssl_context = ssl_context
         self.received: list[str] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -212,7 +214,7 @@ class TinyAgent:
 
     async def _serve(self) -> None:
         self._stop = self._loop.create_future()
-        async with serve(self.handler, "127.0.0.1", 0) as server:
+        async with serve(self.handler, "127.0.0.1", 0, ssl=self.ssl_context) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop
@@ -336,3 +338,22 @@ def test_silent_server_times_out_within_the_wait():
     assert proc.returncode not in (0, None)
     assert "cannot connect" in proc.stderr
     assert elapsed < 1 + 5
+
+
+def test_wss_with_cafile_and_insecure(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    agent = TinyAgent(server_ctx).start()
+    try:
+        wss = f"wss://127.0.0.1:{agent.port}"
+        assert ycommand("-u", wss, "--cafile", str(ca_file), "-c", "ok").returncode == 0
+        assert ycommand("-u", wss, "--insecure", "-c", "ok").returncode == 0
+        proc = ycommand("-u", wss, "-w", "2", "-c", "ok")  # unknown CA: refused
+        assert proc.returncode == 1 and "cannot connect" in proc.stderr
+    finally:
+        agent.stop()
