@@ -1,0 +1,258 @@
+"""ytls: building, validating, describing and hot-reloading TLS contexts."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import re
+import ssl
+from pathlib import Path
+
+import pytest
+from certs import TestCA
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from yuneta.ytls import (
+    KeyMismatchError,
+    TlsError,
+    Ytls,
+    build_server_context,
+)
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.mark.parametrize(
+    ("days", "not_before_days"),
+    [(1.5, -1), (365.5, -1), (-2.5, -30)],
+    ids=["one-day", "one-year", "expired"],
+)
+def test_cert_info_describes_the_leaf(ca: TestCA, tmp_path: Path, days: float,
+                                      not_before_days: float) -> None:
+    issued = ca.issue(tmp_path, "web", days=days, not_before_days=not_before_days)
+    ytls = Ytls(issued.crypto())
+    now = issued.cert.not_valid_before_utc.timestamp() - not_before_days * 86400
+    info = ytls.cert_info(now=now)
+
+    assert set(info) == {
+        "subject", "issuer", "not_before", "not_after", "not_before_epoch", "not_after_epoch",
+        "serial", "days_remaining", "san", "fingerprint_sha256", "key_type", "chain_length",
+    }
+    assert info["subject"] == "CN=web"
+    assert "O=Yuneta Test CA" in info["issuer"]
+    assert info["serial"] == issued.serial and info["serial"] == info["serial"].upper()
+    assert ISO.match(info["not_before"]) and ISO.match(info["not_after"])
+    assert info["not_after_epoch"] == int(issued.cert.not_valid_after_utc.timestamp())
+    assert info["days_remaining"] == math.floor(days)
+    assert info["san"] == ["web.test", "127.0.0.1"]
+    assert info["key_type"] == "EC P-256"
+    assert info["chain_length"] == 2
+    assert re.fullmatch(r"([0-9A-F]{2}:){31}[0-9A-F]{2}", info["fingerprint_sha256"])
+
+
+def test_expired_certificate_has_negative_days_remaining(ca: TestCA, tmp_path: Path) -> None:
+    issued = ca.issue(tmp_path, "old", days=-3.5, not_before_days=-40)
+    assert Ytls(issued.crypto()).cert_info()["days_remaining"] == -4
+
+
+def test_rsa_key_type_is_reported(ca: TestCA, tmp_path: Path) -> None:
+    issued = ca.issue(tmp_path, "rsa", key_type="rsa")
+    assert Ytls(issued.crypto()).cert_info()["key_type"] == "RSA 2048"
+
+
+def test_reload_to_new_certificate_changes_subject(ca: TestCA, tmp_path: Path) -> None:
+    a, b = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "b")
+    ytls = Ytls(a.crypto())
+    old_ctx = ytls.context
+    ytls.reload(b.crypto())
+    assert ytls.cert_info()["subject"] == "CN=b"
+    assert ytls.context is not old_ctx
+    assert ytls.reload_count == 1
+    assert ytls.crypto["ssl_certificate"] == str(b.cert_path)
+
+
+def test_failed_reload_keeps_the_current_certificate(ca: TestCA, tmp_path: Path) -> None:
+    a, b = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "b")
+    ytls = Ytls(a.crypto())
+    ytls.reload(b.crypto())
+    current = ytls.context
+    os.remove(b.cert_path)
+    with pytest.raises(TlsError, match="file not found"):
+        ytls.reload()
+    assert ytls.context is current
+    assert ytls.cert_info()["subject"] == "CN=b"
+
+
+def test_reload_without_arguments_rereads_the_same_files(ca: TestCA, tmp_path: Path) -> None:
+    a, b = ca.issue(tmp_path / "a", "site"), ca.issue(tmp_path / "b", "site")
+    ytls = Ytls(a.crypto())
+    os.replace(b.cert_path, a.cert_path)
+    os.replace(b.key_path, a.key_path)
+    ytls.reload()
+    assert ytls.cert_info()["serial"] == b.serial
+
+
+def _bad_inputs(ca: TestCA, tmp: Path) -> dict[str, tuple[dict, type, str]]:
+    good = ca.issue(tmp, "good")
+    other = ca.issue(tmp, "other")
+    encrypted = ca.issue(tmp / "enc", "enc", encrypt_key=b"secret-pass")
+    cert_pem = good.cert_path.read_bytes()
+    key_pem = good.key_path.read_bytes()
+
+    def write(name: str, data: bytes) -> str:
+        path = tmp / name
+        path.write_bytes(data)
+        return str(path)
+
+    der = good.cert.public_bytes(serialization.Encoding.DER)
+    dangling = tmp / "dangling.crt"
+    dangling.symlink_to(tmp / "nowhere.crt")
+    directory = tmp / "adir.crt"
+    directory.mkdir()
+    cert, key = str(good.cert_path), str(good.key_path)
+    missing = str(tmp / "missing.crt")
+    return {
+        "missing-file": ({"ssl_certificate": missing, "ssl_certificate_key": key},
+                         TlsError, f"ssl_certificate {missing}: file not found"),
+        "empty-file": ({"ssl_certificate": write("empty.crt", b""), "ssl_certificate_key": key},
+                       TlsError, "empty.crt: empty file"),
+        "garbage-pem": ({"ssl_certificate": write("garbage.crt", b"-----BEGIN CERTIFICATE-----\n"
+                                                  b"bm90IGEgY2VydA==!!\n-----END CERTIFICATE-----\n"),
+                         "ssl_certificate_key": key},
+                        TlsError, "garbage.crt: truncated/garbage PEM"),
+        "der-not-pem": ({"ssl_certificate": write("cert.der", der), "ssl_certificate_key": key},
+                        TlsError, "cert.der: not a PEM certificate (DER?)"),
+        "key-mismatch": ({"ssl_certificate": cert, "ssl_certificate_key": str(other.key_path)},
+                         KeyMismatchError,
+                         f"ssl_certificate_key {other.key_path}: private key does not match "
+                         f"certificate {cert}"),
+        "encrypted-key": ({"ssl_certificate": str(encrypted.cert_path),
+                           "ssl_certificate_key": str(encrypted.key_path)},
+                          TlsError, "encrypted private key (no passphrase configured)"),
+        "dangling-symlink": ({"ssl_certificate": str(dangling), "ssl_certificate_key": key},
+                             TlsError, "dangling.crt: dangling symlink"),
+        "directory": ({"ssl_certificate": str(directory), "ssl_certificate_key": key},
+                      TlsError, "adir.crt: is a directory"),
+        "truncated-cert": ({"ssl_certificate": write("trunc.crt", cert_pem[: len(cert_pem) // 3]),
+                            "ssl_certificate_key": key},
+                           TlsError, "trunc.crt: truncated/garbage PEM"),
+        "truncated-key": ({"ssl_certificate": cert,
+                           "ssl_certificate_key": write("trunc.key", key_pem[:60])},
+                          TlsError, "ssl_certificate_key"),
+        "missing-key": ({"ssl_certificate": cert, "ssl_certificate_key": str(tmp / "no.key")},
+                        TlsError, "no.key: file not found"),
+        "unknown-crypto-key": ({"ssl_certificate": cert, "ssl_certificate_key": key,
+                                "ssl_bogus": 1}, TlsError, "ssl_bogus: unknown crypto key"),
+        "bad-min-version": ({"ssl_certificate": cert, "ssl_certificate_key": key,
+                             "ssl_min_version": "SSLv3"}, TlsError, "ssl_min_version"),
+        "bad-ciphers": ({"ssl_certificate": cert, "ssl_certificate_key": key,
+                         "ssl_ciphers": "NOPE-NOTHING"}, TlsError, "ssl_ciphers"),
+        "bad-trusted-ca": ({"ssl_certificate": cert, "ssl_certificate_key": key,
+                            "ssl_trusted_certificate": write("ca.pem", b"junk")},
+                           TlsError, "ssl_trusted_certificate"),
+        "verify-mode-without-ca": ({"ssl_certificate": cert, "ssl_certificate_key": key,
+                                    "ssl_verify_mode": "required"}, TlsError, "ssl_verify_mode"),
+    }
+
+
+BAD_CASES = [
+    "missing-file", "empty-file", "garbage-pem", "der-not-pem", "key-mismatch", "encrypted-key",
+    "dangling-symlink", "directory", "truncated-cert", "truncated-key", "missing-key",
+    "unknown-crypto-key", "bad-min-version", "bad-ciphers", "bad-trusted-ca",
+    "verify-mode-without-ca",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_material_is_refused_precisely_and_old_context_stays(
+    ca: TestCA, tmp_path: Path, case: str
+) -> None:
+    current = ca.issue(tmp_path / "current", "current")
+    ytls = Ytls(current.crypto())
+    before = ytls.context
+    crypto, exc_type, message = _bad_inputs(ca, tmp_path / "bad")[case]
+
+    with pytest.raises(exc_type) as err:
+        ytls.reload(crypto)
+    assert message in str(err.value)
+    assert "PRIVATE KEY" not in str(err.value)
+    assert err.value.key in str(err.value)
+    assert ytls.context is before
+    assert ytls.cert_info()["subject"] == "CN=current"
+    with pytest.raises(exc_type):
+        build_server_context(crypto)
+
+
+def test_error_message_never_contains_key_material(ca: TestCA, tmp_path: Path) -> None:
+    good, other = ca.issue(tmp_path, "good"), ca.issue(tmp_path, "other")
+    key_body = other.key_path.read_text().splitlines()[1]
+    with pytest.raises(TlsError) as err:
+        build_server_context({"ssl_certificate": str(good.cert_path),
+                              "ssl_certificate_key": str(other.key_path)})
+    assert key_body not in str(err.value)
+
+
+def test_alternating_reloads_leave_only_the_current_context_alive(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    a, b = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "b")
+    ytls = Ytls(a.crypto())
+    for i in range(1000):
+        ytls.reload((b if i % 2 == 0 else a).crypto())
+    gc.collect()
+    assert ytls.reload_count == 1000
+    assert ytls.alive_contexts() == 1
+    assert ytls.cert_info()["subject"] == "CN=a"
+
+
+def test_old_context_lives_while_a_session_holds_it(ca: TestCA, tmp_path: Path) -> None:
+    a, b = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "b")
+    ytls = Ytls(a.crypto())
+    session = ytls.get_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    ytls.reload(b.crypto())
+    gc.collect()
+    assert ytls.alive_contexts() == 2
+    del session
+    gc.collect()
+    assert ytls.alive_contexts() == 1
+
+
+def test_trusted_certificate_enables_required_client_verification(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    issued = ca.issue(tmp_path, "srv")
+    ca_file = ca.write_ca(tmp_path / "ca.pem")
+    ctx = build_server_context(issued.crypto(ssl_trusted_certificate=str(ca_file)))
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    ctx = build_server_context(
+        issued.crypto(ssl_trusted_certificate=str(ca_file), ssl_verify_mode="optional")
+    )
+    assert ctx.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_settings_are_applied(ca: TestCA, tmp_path: Path) -> None:
+    issued = ca.issue(tmp_path, "srv")
+    ctx = build_server_context(issued.crypto(ssl_min_version="1.3", ssl_verify_depth=3,
+                                             ssl_disable_renegotiation=True))
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert ctx.options & ssl.OP_NO_RENEGOTIATION
+    default = build_server_context(issued.crypto())
+    assert default.minimum_version == ssl.TLSVersion.TLSv1_2
+    with pytest.raises(TlsError, match="ssl_verify_depth"):
+        build_server_context(issued.crypto(ssl_verify_depth=-1))
+
+
+def test_fingerprint_matches_cryptography(ca: TestCA, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+
+    issued = ca.issue(tmp_path, "srv")
+    expected = issued.cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    assert Ytls(issued.crypto()).cert_info()["fingerprint_sha256"] == expected
+    assert isinstance(issued.cert, x509.Certificate)
