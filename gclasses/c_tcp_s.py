@@ -15,14 +15,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from yuneta.command import envelope
-from yuneta.errors import AttrError, CommandError
-from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
+from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from yuneta.errors import AttrError
+from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
 from yuneta.netio import EchoHandler, Handler, TcpServer
-from yuneta.ytls import TlsError, Ytls
 
-NOT_TLS = "Listener is not TLS-enabled or not running"
 SCHEMES = {"tcp": False, "tcps": True, "ssl": True}
 
 #: Protocols a listener can hand its connections to, by the name used in `protocol`.
@@ -34,8 +32,7 @@ GCLASS = GClassDef(
     description="TCP/TLS server listener with hot certificate reload",
     attrs=(
         Attr("str", "url", Flag.RD | Flag.REQUIRED, "", "tcp://host:port or tcps://host:port (port 0: any free port)"),
-        Attr("dict", "crypto", Flag.RD | Flag.WR, {}, "TLS settings: ssl_certificate, ssl_certificate_key, ..."),
-        Attr("bool", "use_ssl", Flag.RD, False, "TLS enabled (from the URL scheme)"),
+        *TLS_ATTRS,
         Attr("str", "lHost", Flag.RD, "", "Host listening on"),
         Attr("int", "lPort", Flag.RD, 0, "Port listening on (the real one when url's port is 0)"),
         Attr("int", "backlog", Flag.RD, 511, "Listen backlog"),
@@ -46,14 +43,8 @@ GCLASS = GClassDef(
         Attr("int", "tconnxs", Flag.RSTATS, 0, "Connections accepted in total"),
         Attr("int", "handshake_failures", Flag.RSTATS, 0, "TLS handshakes that failed"),
         Attr("int", "rejected", Flag.RSTATS, 0, "Connections refused by only_allowed_ips"),
-        Attr("int", "reloads", Flag.RSTATS, 0, "Successful certificate reloads"),
-        Attr("int", "reload_failures", Flag.RSTATS, 0, "Refused certificate reloads"),
-        Attr("str", "last_reload_error", Flag.RD, "", "Why the last refused reload was refused"),
     ),
-    commands=(
-        Command("reload-certs", "cmd_reload_certs", (), "Reload this listener's TLS certificates"),
-        Command("view-cert", "cmd_view_cert", (), "View the certificate this listener serves"),
-    ),
+    commands=TLS_COMMANDS,
     input_events=("EV_HANDSHAKE_FAILED",),
     states={
         "ST_STOPPED": (("EV_HANDSHAKE_FAILED", None, None),),
@@ -90,7 +81,7 @@ def find_protocol(name: str) -> Callable[[], Handler]:
 
 
 @register_gclass
-class CTcpS(GObj):
+class CTcpS(TlsListener, GObj):
     GCLASS = GCLASS
 
     def mt_create(self) -> None:
@@ -100,14 +91,14 @@ class CTcpS(GObj):
         except ValueError as exc:
             raise AttrError(self.gclass.name, "url", str(exc)) from None
         self.attrs.update(use_ssl=use_ssl, lHost=host, lPort=port)
-        self.ytls: Ytls | None = None
+        self.ytls = None
         self.server: TcpServer | None = None
 
     def mt_start(self) -> None:
         _scheme, host, port, use_ssl = parse_url(self.attrs["url"])
         if use_ssl:
             # A bad certificate at start is a start failure, said clearly: nothing listens.
-            self.ytls = Ytls(self.attrs["crypto"])
+            self.build_ytls()
         assert self.runtime is not None, "a listener needs a yuno runtime (its I/O loop)"
         self.server = TcpServer(
             self.runtime.io_loop,
@@ -122,11 +113,7 @@ class CTcpS(GObj):
         )
         self.attrs["lPort"] = self.server.start_listening()
         self.change_state("ST_LISTENING")
-        fields: dict[str, Any] = {"url": self.attrs["url"], "port": self.attrs["lPort"]}
-        if self.ytls:
-            info = self.ytls.cert_info()
-            fields.update(subject=info["subject"], serial=info["serial"], not_after=info["not_after"])
-        self.log("info", "listening", **fields)
+        self.log("info", "listening", url=self.attrs["url"], port=self.attrs["lPort"], **self.cert_fields())
 
     def mt_stop(self) -> None:
         if self.server is not None:
@@ -135,10 +122,6 @@ class CTcpS(GObj):
             self.server = None
         self.change_state("ST_STOPPED")
         self.log("info", "listener stopped", url=self.attrs["url"])
-
-    def mt_writing(self, name: str) -> None:
-        if name == "crypto" and self.ytls is not None and self.running:
-            self._reload()  # raises on bad material: the write is refused, old value restored
 
     def mt_stats(self) -> None:
         server = self.server
@@ -158,38 +141,3 @@ class CTcpS(GObj):
     def ac_handshake_failed(self, event: str, kw: dict, src: Any) -> int:
         self.log("warning", "TLS handshake failed", peer=kw.get("peer"), reason=kw.get("reason"))
         return 0
-
-    # ----- certificates -------------------------------------------------------------
-
-    def _reload(self) -> dict:
-        assert self.ytls is not None
-        try:
-            self.ytls.reload(self.attrs["crypto"])
-        except TlsError as exc:
-            self.attrs["reload_failures"] += 1
-            self.attrs["last_reload_error"] = str(exc)
-            self.log("error", "TLS reload refused, old certificate kept", error=str(exc), key=exc.key, path=exc.path)
-            raise CommandError(str(exc)) from None
-        self.attrs["reloads"] += 1
-        self.attrs["last_reload_error"] = ""
-        info = self.ytls.cert_info()
-        self.log(
-            "info",
-            "TLS certificates reloaded",
-            subject=info["subject"],
-            serial=info["serial"],
-            not_after=info["not_after"],
-            days_remaining=info["days_remaining"],
-        )
-        return info
-
-    def cmd_reload_certs(self, cmd: str, kw: dict, src: Any) -> dict:
-        if self.ytls is None or not self.running:
-            return envelope(-1, NOT_TLS)
-        info = self._reload()
-        return envelope(0, "TLS certificates reloaded", None, {**info, "url": self.attrs["url"]})
-
-    def cmd_view_cert(self, cmd: str, kw: dict, src: Any) -> dict:
-        if self.ytls is None or not self.running:
-            return envelope(-1, "Listener is not TLS-enabled or has no certificate")
-        return envelope(0, "", None, {**self.ytls.cert_info(), "url": self.attrs["url"]})

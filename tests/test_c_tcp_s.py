@@ -140,7 +140,7 @@ def _bad_material(tmp_path, good, other):
     return cases
 
 
-def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tmp_path, ca, yunos):
+def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tmp_path, ca, yunos, yuneta_logs):
     good = ca.issue(tmp_path / "good", "good")
     other = ca.issue(tmp_path / "other", "other")
     ca.issue(tmp_path / "other", "enc", encrypt_key=b"secret")
@@ -168,6 +168,9 @@ def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tm
     assert "directory" in comments["directory instead of file"]
     for label in ("garbage PEM", "truncated PEM"):
         assert "ssl_certificate" in comments[label] and comments[label] != comments["missing file"]
+    refused = yuneta_logs.find(msg="TLS reload refused, old certificate kept")
+    assert [r["error"] for r in refused] == list(comments.values())
+    assert all(r["gobj"] == "C_YUNO^t1`C_TCP_S^echo_tls" and r["level"] == "error" for r in refused)
     live.close()
 
 
