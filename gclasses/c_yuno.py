@@ -16,7 +16,7 @@ from yuneta.command import envelope
 from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj, create_gobj
 
-LISTENER_GCLASSES = ("C_TCP_S", "C_UDP_S")
+LISTENER_GCLASSES = ("C_TCP_S", "C_UDP_S", "C_IEVENT_SRV")
 RW = Flag.RD | Flag.WR
 
 GCLASS = GClassDef(
@@ -44,6 +44,7 @@ GCLASS = GClassDef(
     commands=(
         Command("view-services", "cmd_view_services", (), "List the services of this yuno", ("services",)),
         Command("reload-certs", "cmd_reload_certs", (), "Reload the certificates of every running TLS listener"),
+        Command("view-cert", "cmd_view_cert", (), "Certificates served by every TLS listener of this yuno"),
         Command(
             "cert-expiry-status",
             "cmd_cert_expiry_status",
@@ -65,6 +66,8 @@ class CYuno(GObj):
     def mt_create(self) -> None:
         self._last_cert_check = 0.0
         self.timer = create_gobj("__periodic_timer__", "C_TIMER", {}, self)
+        if self.attrs["agent_url"]:
+            create_gobj("__agent_link__", "C_IEVENT_CLI", {"url": self.attrs["agent_url"]}, self)
 
     def mt_play(self) -> None:
         self._last_cert_check = time.monotonic()
@@ -140,12 +143,28 @@ class CYuno(GObj):
             {"reloaded": reloaded, "failed": failed, "details": details},
         )
 
-    def cmd_cert_expiry_status(self, cmd: str, kw: dict, src: Any) -> dict:
+    def listener_certs(self) -> list[dict]:
+        """`view-cert` data of every running TLS listener, with the listener's name."""
         details = []
         for listener in self.tls_listeners():
             answer = listener.command("view-cert", src=self)
             if answer["result"] >= 0 and isinstance(answer["data"], dict):
                 details.append({"gobj": listener.name, **answer["data"]})
+        return details
+
+    def cmd_view_cert(self, cmd: str, kw: dict, src: Any) -> dict:
+        details = self.listener_certs()
+        schema = [
+            {"id": "gobj", "header": "Listener", "fillspace": 16},
+            {"id": "subject", "header": "Subject", "fillspace": 30},
+            {"id": "serial", "header": "Serial", "fillspace": 42},
+            {"id": "not_after", "header": "Not after", "fillspace": 21},
+            {"id": "days_remaining", "header": "Days", "fillspace": 6},
+        ]
+        return envelope(0, f"{self.role_name}: {len(details)} TLS listener(s)", schema, details)
+
+    def cmd_cert_expiry_status(self, cmd: str, kw: dict, src: Any) -> dict:
+        details = self.listener_certs()
         days = [d["days_remaining"] for d in details if isinstance(d.get("days_remaining"), int)]
         data = {
             "listeners": len(details),
@@ -174,10 +193,10 @@ class CYuno(GObj):
                     }
                 )
         schema = [
-            {"id": "service", "header": "Service"},
-            {"id": "gclass", "header": "GClass"},
-            {"id": "state", "header": "State"},
-            {"id": "running", "header": "Running"},
-            {"id": "default", "header": "Default"},
+            {"id": "service", "header": "Service", "fillspace": 24},
+            {"id": "gclass", "header": "GClass", "fillspace": 14},
+            {"id": "state", "header": "State", "fillspace": 14},
+            {"id": "running", "header": "Running", "fillspace": 8},
+            {"id": "default", "header": "Default", "fillspace": 8},
         ]
         return envelope(0, f"{len(rows)} service(s)", schema, rows)

@@ -499,10 +499,10 @@ class GObj:
                 }
             )
         schema = [
-            {"id": "command", "header": "Command"},
-            {"id": "aliases", "header": "Aliases"},
-            {"id": "parameters", "header": "Parameters"},
-            {"id": "description", "header": "Description"},
+            {"id": "command", "header": "Command", "fillspace": 20},
+            {"id": "aliases", "header": "Aliases", "fillspace": 8},
+            {"id": "parameters", "header": "Parameters", "fillspace": 60},
+            {"id": "description", "header": "Description", "fillspace": 60},
         ]
         return envelope(0, f"{len(rows)} commands of {self.gclass.name}^{self.name}", schema, rows)
 
@@ -546,10 +546,10 @@ class GObj:
 
     # ----- logging -------------------------------------------------------------------
 
-    def log(self, level: str, msg: str, **fields: Any) -> None:
+    def log(self, level: str, msg: str, /, **fields: Any) -> None:
         log(level, self.full_name, msg, **fields)
 
-    def log_error(self, msg: str, **fields: Any) -> None:
+    def log_error(self, msg: str, /, **fields: Any) -> None:
         log("error", self.full_name, msg, **fields)
 
     def __repr__(self) -> str:

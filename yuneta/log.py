@@ -78,13 +78,19 @@ def setup_logging(handlers: dict[str, dict] | None = None, level: str = "info") 
         _logger.addHandler(h)
 
 
-def log(level: str, gobj: str, msg: str, **fields: Any) -> None:
-    """Log `msg` at `level` for the gobj named `gobj` with extra structured `fields`."""
+_OWN_KEYS = {"gobj", "msg", "level", "time"}
+
+
+def log(level: str, gobj: str, msg: str, /, **fields: Any) -> None:
+    """Log `msg` at `level` for the gobj named `gobj` with extra structured `fields`.
+
+    A field whose name the record itself uses (`gobj`, `msg`, `level`, `time`, or one of
+    logging's) is kept with a trailing underscore."""
     lvl = LEVELS[level]
     if not _logger.isEnabledFor(lvl):
         return
     exc_info = bool(fields.pop("exc_info", False))
-    extra = {k if k not in _RESERVED else f"{k}_": v for k, v in fields.items()}
+    extra = {k if k not in _RESERVED and k not in _OWN_KEYS else f"{k}_": v for k, v in fields.items()}
     extra["gobj"] = gobj
     _logger.log(lvl, msg, extra=extra, exc_info=exc_info)
 

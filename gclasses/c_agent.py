@@ -1,0 +1,409 @@
+"""C_AGENT: launches and supervises yunos and routes commands to them.
+
+The agent is itself a yuno (`configs/agent.json`, role `yuneta_agent`). Its C_IEVENT_SRV
+child listens for `ycommand` and for the yunos' links; a yuno that identifies itself with
+a `yuno_id` joins the registry. `run-yuno` starts `yuneta run -f ...` as a child process
+(in its own session, so it outlives an agent restart) whose config is extended with the
+agent's URL; the child connects back. `command-yuno` sends a command to every matching
+running yuno at once and gathers one answer per yuno. A periodic check marks dead yunos
+not running and logs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yuneta import ievent
+from yuneta.command import envelope
+from yuneta.errors import CommandError
+from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, register_gclass
+from yuneta.gobj import GObj, create_gobj
+from yuneta.persist import write_json_atomic
+from yuneta.wsio import Channel
+
+FILTERS = (
+    Param("str", "id", "", "Yuno id"),
+    Param("str", "yuno_role", "", "Yuno role"),
+    Param("str", "yuno_name", "", "Yuno name"),
+)
+
+GCLASS = GClassDef(
+    name="C_AGENT",
+    description="Yuneta agent: yuno launcher, supervisor and command router",
+    attrs=(
+        Attr("real", "command_timeout", Flag.RD | Flag.WR, 30.0, "Seconds to wait for a yuno's answer"),
+        Attr("int", "check_msec", Flag.RD, 1000, "Milliseconds between checks of the yunos' processes"),
+        Attr("int", "yunos_running", Flag.RSTATS, 0, "Yunos running now"),
+        Attr("int", "yunos_launched", Flag.RSTATS, 0, "Yunos launched by run-yuno"),
+    ),
+    commands=(
+        Command("list-yunos", "cmd_list_yunos", FILTERS, "List the yunos the agent knows", ("ly",)),
+        Command(
+            "run-yuno",
+            "cmd_run_yuno",
+            (
+                Param("str", "config", None, "Config file(s), comma-separated, merged in order"),
+                Param("dict", "variables", None, "__json_config_variables__ to add (JSON)"),
+                Param("real", "wait", 10.0, "Seconds to wait for the yuno to connect"),
+            ),
+            "Launch a yuno (yuneta run -f ...) supervised by this agent",
+        ),
+        Command("kill-yuno", "cmd_kill_yuno", FILTERS, "Stop the matching yunos (SIGTERM, then SIGKILL)"),
+        Command(
+            "command-yuno",
+            "cmd_command_yuno",
+            (
+                Param("str", "command", "", "Command to run in the yunos"),
+                *FILTERS,
+                Param("str", "service", "", "Service to run it on (__yuno__ the root)"),
+                Param("str", "gobj", "", "Gobj (by name) to run it on"),
+            ),
+            "Send a command to every running yuno that matches; one answer per yuno",
+            wild=True,
+        ),
+        Command(
+            "command-agent",
+            "cmd_command_agent",
+            (Param("str", "command", "", "Command"), Param("str", "service", "", "Service of the agent")),
+            "Run a command on a service of the agent itself",
+            wild=True,
+        ),
+        Command(
+            "view-gobj-tree",
+            "cmd_view_agent_tree",
+            (Param("str", "attrs", "", "Comma-separated attributes to show"),),
+            "View the agent's whole gobj tree",
+        ),
+    ),
+    input_events=("EV_TIMEOUT_PERIODIC",),
+    states={
+        "ST_IDLE": (("EV_TIMEOUT_PERIODIC", "ac_check_yunos", None),),
+    },
+)
+
+YUNO_SCHEMA = [
+    {"id": "id", "header": "Id", "fillspace": 12},
+    {"id": "yuno_role", "header": "Role", "fillspace": 16},
+    {"id": "yuno_name", "header": "Name", "fillspace": 14},
+    {"id": "pid", "header": "Pid", "fillspace": 8},
+    {"id": "running", "header": "Running", "fillspace": 8},
+    {"id": "connected", "header": "Connected", "fillspace": 10},
+    {"id": "launched", "header": "Launched", "fillspace": 9},
+    {"id": "config", "header": "Config", "fillspace": 40},
+]
+
+
+@dataclass
+class YunoEntry:
+    """What the agent knows of one yuno."""
+
+    id: str
+    yuno_role: str = ""
+    yuno_name: str = ""
+    config: list[str] = field(default_factory=list)
+    pid: int = 0
+    running: bool = False
+    launched: bool = False
+    channel: Channel | None = None
+    process: subprocess.Popen | None = None
+    exit_code: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.channel is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.yuno_role}^{self.yuno_name}"
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "yuno_role": self.yuno_role,
+            "yuno_name": self.yuno_name,
+            "pid": self.pid,
+            "running": self.running,
+            "connected": self.connected,
+            "launched": self.launched,
+            "config": ",".join(self.config),
+        }
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@register_gclass
+class CAgent(GObj):
+    GCLASS = GCLASS
+
+    def mt_create(self) -> None:
+        # The registry is touched by the I/O loop (links opening and closing) and by the
+        # actor (commands), so it has its own lock.
+        self.lock = threading.Lock()
+        self.yunos: dict[str, YunoEntry] = {}
+        self.timer = create_gobj("__check_timer__", "C_TIMER", {}, self)
+
+    def mt_start(self) -> None:
+        server = self.server
+        if server is not None:
+            server.add_channel_listener(self.link_opened, self.link_closed)
+
+    def mt_play(self) -> None:
+        self.timer.set_timeout_periodic(self.attrs["check_msec"])
+
+    def mt_pause(self) -> None:
+        self.timer.clear_timeout()
+
+    def mt_stats(self) -> None:
+        with self.lock:
+            self.attrs["yunos_running"] = sum(1 for e in self.yunos.values() if e.running)
+
+    # ----- registry -----------------------------------------------------------------
+
+    @property
+    def server(self) -> GObj | None:
+        found = self.find(gclass="C_IEVENT_SRV")
+        return found[0] if found else None
+
+    def match(self, kw: dict, *, running_only: bool = False) -> list[YunoEntry]:
+        """Entries matching the id / yuno_role / yuno_name filters (case-insensitive)."""
+        def same(a: str, b: str) -> bool:
+            return not b or a.lower() == b.lower()
+
+        with self.lock:
+            return [
+                e
+                for e in self.yunos.values()
+                if same(e.id, kw.get("id", "")) and same(e.yuno_role, kw.get("yuno_role", ""))
+                and same(e.yuno_name, kw.get("yuno_name", "")) and (e.running or not running_only)
+            ]
+
+    def link_opened(self, channel: Channel) -> None:
+        """A peer identified itself (I/O loop thread): register it if it is a yuno."""
+        card = channel.card
+        yuno_id = card.get("yuno_id")
+        if not isinstance(yuno_id, str) or not yuno_id:
+            return  # an operator's ycommand, not a yuno
+        with self.lock:
+            entry = self.yunos.get(yuno_id) or YunoEntry(id=yuno_id)
+            entry.yuno_role = str(card.get("yuno_role", ""))
+            entry.yuno_name = str(card.get("yuno_name", ""))
+            entry.pid = int(card.get("pid") or entry.pid or 0)
+            if not entry.config and isinstance(card.get("config_files"), list):
+                entry.config = [str(c) for c in card["config_files"]]
+            entry.channel = channel
+            entry.running = True
+            self.yunos[yuno_id] = entry
+        self.log("info", "yuno connected", id=yuno_id, yuno_role=entry.yuno_role,
+                 yuno_name=entry.yuno_name, pid=entry.pid, launched=entry.launched)
+
+    def link_closed(self, channel: Channel) -> None:
+        """A peer's link closed (I/O loop thread)."""
+        with self.lock:
+            entries = [e for e in self.yunos.values() if e.channel is channel]
+            for e in entries:
+                e.channel = None
+        for e in entries:
+            self.log("warning", "yuno disconnected", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
+
+    def ac_check_yunos(self, event: str, kw: dict, src: Any) -> int:
+        died = []
+        with self.lock:
+            for e in self.yunos.values():
+                if not e.running:
+                    continue
+                if e.process is not None:
+                    code = e.process.poll()
+                    if code is not None:
+                        e.running, e.exit_code = False, code
+                        died.append(e)
+                elif not e.connected and not _pid_alive(e.pid):
+                    e.running = False
+                    died.append(e)
+        for e in died:
+            self.log("warning", "yuno died", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
+                     pid=e.pid, exit_code=e.exit_code)
+        return 0
+
+    # ----- commands -----------------------------------------------------------------
+
+    def cmd_list_yunos(self, cmd: str, kw: dict, src: Any) -> dict:
+        rows = [e.row() for e in self.match(kw)]
+        return envelope(0, f"{len(rows)} yuno(s)", YUNO_SCHEMA, rows)
+
+    def cmd_run_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+        files = [f.strip() for f in (kw.get("config") or "").split(",") if f.strip()]
+        if not files:
+            raise CommandError("run-yuno: config=FILE[,FILE...] is required")
+        files = [str(Path(f).resolve()) for f in files]
+        for f in files:
+            if not os.path.isfile(f):
+                raise CommandError(f"run-yuno: config file not found: {f}")
+        server = self.server
+        if server is None:
+            raise CommandError("run-yuno: the agent has no inter-event server for yunos to join")
+        assert self.runtime is not None
+        yuno_id = uuid.uuid4().hex[:12]
+        run_dir = self.runtime.work_dir / "yunos" / yuno_id
+        override = {
+            "yuno": {"yuno_id": yuno_id, "agent_url": server.real_url},
+            "__json_config_variables__": {"agent_url": server.real_url, **(kw.get("variables") or {})},
+        }
+        write_json_atomic(run_dir / "agent-override.json", override, mode=0o644)
+        argv = [sys.executable, "-m", "yuneta", "run"]
+        for f in [*files, str(run_dir / "agent-override.json")]:
+            argv += ["-f", f]
+        log_path = run_dir / "yuno.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(  # an argument list: never a shell
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, cwd=os.getcwd(),
+            )
+        entry = YunoEntry(id=yuno_id, config=files, pid=process.pid, running=True, launched=True, process=process)
+        with self.lock:
+            self.yunos[yuno_id] = entry
+        self.attrs["yunos_launched"] += 1
+        self.log("info", "yuno launched", id=yuno_id, pid=process.pid, config=files, log=str(log_path))
+        deadline = time.monotonic() + max(0.0, kw.get("wait") or 0.0)
+        while time.monotonic() < deadline:
+            if entry.connected:
+                return envelope(0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
+            if process.poll() is not None:
+                entry.running, entry.exit_code = False, process.returncode
+                tail = _tail(log_path)
+                self.log("error", "yuno exited at start", id=yuno_id, exit_code=process.returncode)
+                return envelope(-1, f"yuno exited at start with code {process.returncode}: {tail}", None, entry.row())
+            time.sleep(0.05)
+        comment = "launched, not connected yet" if kw.get("wait") else "launched"
+        return envelope(0, f"yuno {yuno_id} {comment}, pid {process.pid}", YUNO_SCHEMA, [entry.row()])
+
+    def cmd_kill_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+        if not any(kw.get(k) for k in ("id", "yuno_role", "yuno_name")):
+            raise CommandError("kill-yuno: give id=, yuno_role= or yuno_name=")
+        targets = self.match(kw, running_only=True)
+        if not targets:
+            raise CommandError("Yuno not found")
+        for e in targets:
+            self._kill(e)
+        names = ", ".join(e.label for e in targets)
+        return envelope(0, f"{len(targets)} yuno(s) killed: {names}", YUNO_SCHEMA, [e.row() for e in targets])
+
+    def _kill(self, e: YunoEntry, grace: float = 5.0) -> None:
+        if e.process is not None:
+            e.process.terminate()
+            try:
+                e.exit_code = e.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                e.process.kill()
+                e.exit_code = e.process.wait(grace)
+        elif _pid_alive(e.pid):
+            os.kill(e.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while _pid_alive(e.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(e.pid):
+                os.kill(e.pid, signal.SIGKILL)
+        with self.lock:
+            e.running = False
+        self.log("info", "yuno killed", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
+                 pid=e.pid, exit_code=e.exit_code)
+
+    def cmd_command_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+        command = (kw.pop("command", "") or "").strip()
+        if not command:
+            raise CommandError("What command?")
+        filters = {k: kw.pop(k, "") for k in ("id", "yuno_role", "yuno_name")}
+        targets = [e for e in self.match(filters, running_only=True) if e.connected]
+        if not targets:
+            raise CommandError("Yuno not found")
+        return self.command_yunos(targets, command, kw)
+
+    def command_yunos(self, targets: list[YunoEntry], command: str, kw: dict) -> dict:
+        """Send `command` to every target at once; gather one answer per yuno."""
+        service = kw.pop("service", "") or ""
+        gobj = kw.pop("gobj", "") or ""
+        params = dict(kw)
+        if service:
+            params["service"] = service
+        if gobj:
+            params["__gobj__"] = gobj
+        assert self.runtime is not None and self.runtime.root is not None
+        root = self.runtime.root.attrs
+        timeout = float(self.attrs["command_timeout"])
+
+        async def ask_all() -> list[dict]:
+            async def ask(e: YunoEntry) -> dict:
+                channel = e.channel
+                if channel is None:
+                    return ievent.build_response_envelope(-1, "Yuno not connected")
+                gate = ievent.Gate(
+                    src_yuno=root["yuno_name"], src_role=root["yuno_role"], src_service=self.name,
+                    dst_yuno=e.yuno_name, dst_role=e.yuno_role, dst_service=service or "__default_service__",
+                )
+                return await channel.request(command, params, gate, timeout)
+
+            return list(await asyncio.gather(*(ask(e) for e in targets)))
+
+        answers = self.runtime.io_loop.run_sync(ask_all(), timeout + 5)
+        data = []
+        for e, a in zip(targets, answers, strict=True):
+            data.append({"id": e.id, "yuno_role": e.yuno_role, "yuno_name": e.yuno_name,
+                         "result": a.get("result", -1), "comment": a.get("comment", ""), "data": a.get("data")})
+        failed = sum(1 for d in data if d["result"] < 0)
+        if len(data) == 1:
+            label, own = f"{data[0]['yuno_role']}^{data[0]['yuno_name']}", data[0]["comment"] or ""
+            comment = own if own.startswith(label) else f"{label}: {own}"
+        else:
+            comment = f"{len(data)} yuno(s) answered, {failed} failed"
+        self.log("info", "command-yuno", command=command, service=service, target_gobj=gobj, yunos=len(data), failed=failed)
+        return envelope(-1 if failed else 0, comment, None, data)
+
+    def cmd_command_agent(self, cmd: str, kw: dict, src: Any) -> dict:
+        command = (kw.pop("command", "") or "").strip()
+        if not command:
+            raise CommandError("What command?")
+        service = kw.pop("service", "") or "__default_service__"
+        assert self.runtime is not None
+        target = self.runtime.find_service(service)
+        if target is None:
+            raise CommandError(f"Service not found: '{service}'")
+        return target.command(command, kw, src=self)
+
+    def cmd_view_agent_tree(self, cmd: str, kw: dict, src: Any) -> dict:
+        assert self.runtime is not None and self.runtime.root is not None
+        wanted = [a.strip() for a in str(kw.get("attrs") or "").split(",") if a.strip()]
+        return envelope(0, "", None, self.runtime.root.tree_node(wanted))
+
+    def mt_destroy(self) -> None:
+        # Yunos outlive the agent on purpose (they reconnect to the next one); only reap.
+        with self.lock:
+            for e in self.yunos.values():
+                if e.process is not None:
+                    e.process.poll()
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])[-600:]

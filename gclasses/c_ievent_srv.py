@@ -1,0 +1,165 @@
+"""C_IEVENT_SRV: the inter-event server of a yuno (the agent's control port, ws://127.0.0.1:1991).
+
+It accepts WebSocket connections speaking Yuneta's inter-event protocol, checks identity
+cards (role, name, service, and a token when configured) and runs each command on the
+service it names, answering with the envelope. Peers that identify themselves are
+published to the parent as EV_ON_OPEN / EV_ON_CLOSE with their `Channel`, through which
+the parent can command them (the agent commands its yunos this way).
+
+Security: a plain `ws://` URL may only bind a loopback address. Any other address needs
+`wss://` (a certificate, reloadable like any TLS listener) and at least one token in
+`auth_tokens`, which clients present in the identity card's `jwt`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from yuneta import ievent
+from yuneta.command import envelope
+from yuneta.errors import AttrError
+from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
+from yuneta.gobj import GObj
+from yuneta.wsio import Channel, WsServer
+
+GCLASS = GClassDef(
+    name="C_IEVENT_SRV",
+    description="Inter-event (WebSocket) server: identity cards, commands, answers",
+    attrs=(
+        Attr("str", "url", Flag.RD | Flag.REQUIRED, "ws://127.0.0.1:1991", "ws://host:port or wss://host:port"),
+        *TLS_ATTRS,
+        Attr("list", "auth_tokens", Flag.NONE, [], "Tokens accepted in the identity card's jwt (never shown)"),
+        Attr("int", "max_frame_size", Flag.RD, 1048576, "Largest accepted frame, bytes"),
+        Attr("str", "lHost", Flag.RD, "", "Host listening on"),
+        Attr("int", "lPort", Flag.RD, 0, "Port listening on"),
+        Attr("int", "clients", Flag.RSTATS, 0, "Connections open now"),
+    ),
+    commands=TLS_COMMANDS,
+    states={"ST_IDLE": ()},
+)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_ws_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, use_ssl) of a ws:// or wss:// URL; ValueError naming the problem."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"url {url!r}: scheme must be ws or wss")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"url {url!r}: {exc}") from None
+    if port is None:
+        raise ValueError(f"url {url!r}: a port is required")
+    return parts.hostname or "127.0.0.1", port, parts.scheme == "wss"
+
+
+@register_gclass
+class CIEventSrv(TlsListener, GObj):
+    GCLASS = GCLASS
+
+    def mt_create(self) -> None:
+        try:
+            host, port, use_ssl = parse_ws_url(self.attrs["url"])
+        except ValueError as exc:
+            raise AttrError(self.gclass.name, "url", str(exc)) from None
+        if not _is_loopback(host):
+            if not use_ssl:
+                raise AttrError(self.gclass.name, "url",
+                                f"{self.attrs['url']}: a non-loopback address needs wss:// (TLS) and auth_tokens")
+            if not self.attrs["auth_tokens"]:
+                raise AttrError(self.gclass.name, "auth_tokens",
+                                f"{self.attrs['url']}: a non-loopback address needs at least one token")
+        self.attrs.update(lHost=host, lPort=port, use_ssl=use_ssl)
+        self.server: WsServer | None = None
+        self._listeners: list[tuple[Callable[[Channel], None], Callable[[Channel], None]]] = []
+
+    def add_channel_listener(self, on_open: Callable[[Channel], None], on_close: Callable[[Channel], None]) -> None:
+        """Call on_open / on_close (in the I/O loop thread: thread-safe, cheap) for every peer
+        whose identity card is accepted, and when it goes."""
+        self._listeners.append((on_open, on_close))
+
+    def _opened(self, channel: Channel) -> None:
+        for on_open, _ in list(self._listeners):
+            on_open(channel)
+
+    def _closed(self, channel: Channel) -> None:
+        for _, on_close in list(self._listeners):
+            on_close(channel)
+
+    def mt_start(self) -> None:
+        assert self.runtime is not None and self.runtime.root is not None
+        if self.attrs["use_ssl"]:
+            self.build_ytls()
+        root = self.runtime.root.attrs
+        runtime = self.runtime
+
+        def session() -> ievent.ServerSession:
+            return ievent.ServerSession(
+                yuno_role=root["yuno_role"],
+                yuno_name=root["yuno_name"],
+                yuno_id=root["yuno_id"],
+                realm_name=root["realm_name"],
+                services=lambda name: runtime.find_service(name) is not None,
+                auth=self._auth if self.attrs["auth_tokens"] else None,
+                channel_name=self.name,
+                max_frame_size=self.attrs["max_frame_size"],
+            )
+
+        self.server = WsServer(
+            self.runtime.io_loop,
+            self.attrs["lHost"],
+            self.attrs["lPort"],
+            owner=self.full_name,
+            session_factory=session,
+            on_command=self._on_command,
+            on_open=self._opened,
+            on_close=self._closed,
+            ssl_context=self.ytls.get_context if self.ytls else None,
+            max_frame_size=self.attrs["max_frame_size"],
+        )
+        self.attrs["lPort"] = self.server.start()
+        self.log("info", "inter-event server listening", url=self.attrs["url"], port=self.attrs["lPort"], **self.cert_fields())
+
+    def mt_stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def mt_stats(self) -> None:
+        server = self.server
+        self.attrs["clients"] = len(server.channels) if server is not None else 0
+
+    @property
+    def real_url(self) -> str:
+        scheme = "wss" if self.attrs["use_ssl"] else "ws"
+        return f"{scheme}://{self.attrs['lHost']}:{self.attrs['lPort']}"
+
+    def _auth(self, card: Mapping[str, Any]) -> tuple[int, str]:
+        token = card.get("jwt")
+        if isinstance(token, str) and token:
+            for accepted in self.attrs["auth_tokens"]:
+                if hmac.compare_digest(token.encode(), str(accepted).encode()):
+                    return 0, "Identity card accepted"
+        return -1, "Authentication failed: a valid token is required"
+
+    def _on_command(self, channel: Channel, line: str, kw: dict, service: str, extra: dict) -> dict:
+        """Run a received command on its service (worker thread; asks the service's actor)."""
+        assert self.runtime is not None
+        target = self.runtime.find_service(service or "__default_service__")
+        if target is None:
+            return envelope(-1, f"Service not found: '{service}'")
+        return target.command(line, kw, src=self)

@@ -1,0 +1,366 @@
+"""WebSocket transport of the inter-event protocol, on the yuno's I/O loop.
+
+`WsServer` accepts connections (any path, no subprotocol) and runs one
+`ievent.ServerSession` per connection: identity cards are checked there, commands are run
+through the `on_command` callback in a worker thread (it may ask actors and wait), and
+answers go back on the same connection. A server may also *send* commands to a connected
+peer (the agent commanding a yuno): `Channel.request` sends an EV_MT_COMMAND with a
+`msg_id` and waits for the matching answer.
+
+`WsClient` is the other end kept by a yuno: it connects to the agent, identifies itself,
+answers the commands the agent sends, and reconnects with backoff when the link drops.
+
+Malformed frames, oversize frames and peers that vanish are logged and never stop the
+server. Everything here runs in the IOLoop thread except the callbacks run in workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from yuneta import ievent
+from yuneta.log import log
+from yuneta.netio import IOLoop
+
+#: on_command(channel, command_line, kw, service, extra) -> envelope; runs in a worker thread.
+CommandHandler = Callable[["Channel", str, dict, str, dict], dict]
+
+IDENTITY_TIMEOUT = 10.0
+
+
+class Channel:
+    """One live inter-event connection (either side), able to send commands to its peer."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, ws: Any, name: str) -> None:
+        self.ws = ws
+        self.name = name
+        self.id = next(Channel._ids)
+        self.card: dict[str, Any] = {}
+        self.peer = _peer(ws)
+        self._pending: dict[Any, asyncio.Future[dict]] = {}
+        self._msg_ids = itertools.count(1)
+
+    async def send(self, event: str, kw: Mapping[str, Any]) -> None:
+        await self.ws.send(ievent.encode_frame(event, kw))
+
+    async def request(
+        self, command_line: str, kw: Mapping[str, Any], gate: ievent.Gate, timeout: float
+    ) -> dict:
+        """Send an EV_MT_COMMAND to the peer and return its answer's envelope.
+
+        A peer that does not answer within `timeout` gives a -1 envelope saying so.
+        """
+        msg_id = f"{self.id}-{next(self._msg_ids)}"
+        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        try:
+            await self.send(ievent.EV_MT_COMMAND, ievent.build_command(command_line, kw, gate, msg_id=msg_id))
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return ievent.build_response_envelope(-1, f"No answer within {timeout:g} s")
+        except websockets.ConnectionClosed:
+            return ievent.build_response_envelope(-1, "Connection closed before the answer")
+        finally:
+            self._pending.pop(msg_id, None)
+
+    def answer_received(self, kw: dict[str, Any]) -> bool:
+        """Deliver an EV_MT_COMMAND_ANSWER to the request waiting for it."""
+        md = kw.get("__md_iev__")
+        msg_id = md.get(ievent.MSG_ID_KEY) if isinstance(md, dict) else None
+        future = self._pending.get(msg_id)
+        if future is None or future.done():
+            return False
+        envelope = {k: kw.get(k) for k in ("result", "comment", "schema", "data")}
+        future.set_result(envelope)
+        return True
+
+    def connection_lost(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_result(ievent.build_response_envelope(-1, "Connection lost"))
+
+
+def _peer(ws: Any) -> str:
+    try:
+        host, port = ws.remote_address[:2]
+        return f"{host}:{port}"
+    except Exception:
+        return "?"
+
+
+class WsServer:
+    """An inter-event WebSocket server (plain `ws://` or TLS `wss://`) on an IOLoop."""
+
+    def __init__(
+        self,
+        ioloop: IOLoop,
+        host: str,
+        port: int,
+        *,
+        owner: str,
+        session_factory: Callable[[], ievent.ServerSession],
+        on_command: CommandHandler,
+        on_open: Callable[[Channel], None] | None = None,
+        on_close: Callable[[Channel], None] | None = None,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        max_frame_size: int = ievent.DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.ioloop = ioloop
+        self.host = host
+        self.port = port
+        self.owner = owner
+        self.session_factory = session_factory
+        self.on_command = on_command
+        self.on_open = on_open
+        self.on_close = on_close
+        self.ssl_context = ssl_context
+        self.max_frame_size = max_frame_size
+        self.channels: set[Channel] = set()
+        self._server: Server | None = None
+
+    def start(self, timeout: float = 10.0) -> int:
+        """Bind and listen (call from outside the loop thread); returns the real port."""
+        return self.ioloop.run_sync(self._start(), timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._server is not None and self.ioloop.running:
+            self.ioloop.run_sync(self._stop(), timeout + 1)
+
+    async def _start(self) -> int:
+        ctx = None
+        if self.ssl_context is not None:
+            # The context current at start listens; every handshake is then handed to the
+            # context current at that moment (SPEC 4: sni_callback fires on every
+            # ClientHello), so a reload reaches new connections without re-binding.
+            current = self.ssl_context
+
+            def pick(sslobj: Any, _name: Any, _ctx: Any) -> None:
+                sslobj.context = current()
+
+            ctx = current()
+            ctx.sni_callback = pick
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            ssl=ctx,
+            max_size=self.max_frame_size,
+            compression=None,
+            ping_interval=None,
+            logger=None,
+        )
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self.port
+        return self.port
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = self.session_factory()
+        channel = Channel(ws, self.owner)
+        self.channels.add(channel)
+        opened = False
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                timeout = None if opened else IDENTITY_TIMEOUT
+                try:
+                    message = await asyncio.wait_for(ws.recv(), timeout)
+                except TimeoutError:
+                    log("warning", self.owner, "no identity card in time, closing", peer=channel.peer)
+                    return
+                for item in session.receive_data(message):
+                    if isinstance(item, ievent.SendFrame):
+                        await ws.send(item.text)
+                    elif isinstance(item, ievent.Close):
+                        return
+                    elif isinstance(item, ievent.IdentityAccepted):
+                        opened = True
+                        channel.card = item.card
+                        log("info", self.owner, "identity card accepted", peer=channel.peer,
+                            src_role=item.client.src_role, src_yuno=item.client.src_yuno,
+                            user=item.client.user)
+                        if self.on_open is not None:
+                            self.on_open(channel)
+                    elif isinstance(item, ievent.IdentityRefused):
+                        log("warning", self.owner, "identity card refused", peer=channel.peer,
+                            result=item.result, comment=item.comment)
+                    elif isinstance(item, ievent.CommandRequest):
+                        task = asyncio.ensure_future(self._run_command(session, channel, item))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif isinstance(item, ievent.EventReceived):
+                        if item.event in (ievent.EV_MT_COMMAND_ANSWER, ievent.EV_MT_STATS_ANSWER):
+                            channel.answer_received(item.kw)
+                        else:
+                            log("debug", self.owner, "inter-event ignored", event=item.event, peer=channel.peer)
+                    elif isinstance(item, ievent.ProtocolFault):
+                        log("warning", self.owner, "bad inter-event", reason=item.reason, peer=channel.peer)
+        except websockets.ConnectionClosed as exc:
+            if exc.rcvd is not None and exc.rcvd.code == 1009:
+                log("warning", self.owner, "frame over the size limit, connection closed", peer=channel.peer)
+        except Exception as exc:  # a broken peer never stops the server
+            log("error", self.owner, "connection handler failed", peer=channel.peer, error=repr(exc), exc_info=True)
+        finally:
+            session.connection_lost()
+            channel.connection_lost()
+            self.channels.discard(channel)
+            if opened and self.on_close is not None:
+                self.on_close(channel)
+
+    async def _run_command(self, session: ievent.ServerSession, channel: Channel, request: ievent.CommandRequest) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            envelope = await loop.run_in_executor(
+                None, self.on_command, channel, request.command, dict(request.kw), request.service, {}
+            )
+        except Exception as exc:
+            log("error", self.owner, "command handler failed", command=request.command, error=repr(exc), exc_info=True)
+            envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
+        try:
+            await channel.ws.send(session.answer(request, envelope).text)
+        except websockets.ConnectionClosed:
+            log("info", self.owner, "client left before its answer", command=request.command, peer=channel.peer)
+
+
+class WsClient:
+    """A yuno's link to its agent: connect, identify, answer commands, reconnect with backoff."""
+
+    def __init__(
+        self,
+        ioloop: IOLoop,
+        url: str,
+        *,
+        owner: str,
+        session_factory: Callable[[], ievent.ClientSession],
+        card_extra: Mapping[str, Any],
+        md_yuno: Mapping[str, Any],
+        on_command: CommandHandler,
+        on_state: Callable[[bool], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.ioloop = ioloop
+        self.url = url
+        self.owner = owner
+        self.session_factory = session_factory
+        self.card_extra = dict(card_extra)
+        self.md_yuno = dict(md_yuno)
+        self.on_command = on_command
+        self.on_state = on_state
+        self.ssl_context = ssl_context
+        self.max_backoff = max_backoff
+        self.connected = False
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.ioloop.call_soon_threadsafe(self._spawn)
+
+    def _spawn(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.ioloop.running:
+            self.ioloop.run_sync(self._cancel(), timeout)
+
+    async def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    def _set_connected(self, value: bool) -> None:
+        if self.connected != value:
+            self.connected = value
+            if self.on_state is not None:
+                self.on_state(value)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with connect(
+                    self.url, open_timeout=5, ssl=self.ssl_context, compression=None,
+                    ping_interval=None, max_size=ievent.DEFAULT_MAX_FRAME_SIZE, proxy=None,
+                ) as ws:
+                    if await self._session(ws):
+                        delay = 0.2
+            except asyncio.CancelledError:
+                self._set_connected(False)
+                raise
+            except Exception as exc:  # refused, reset, bad handshake: retry
+                log("debug", self.owner, "agent link attempt failed", url=self.url, error=repr(exc))
+            self._set_connected(False)
+            await asyncio.sleep(delay)
+            delay = min(self.max_backoff, delay * 2)
+
+    async def _session(self, ws: Any) -> bool:
+        """Run one connected session; True when it got as far as an accepted identity."""
+        session = self.session_factory()
+        card = session.connection_made()
+        for key, value in self.card_extra.items():
+            card.kw[key] = value
+        await ws.send(card.text)
+        channel = Channel(ws, self.owner)
+        opened = False
+        tasks: set[asyncio.Task] = set()
+        try:
+            async for message in ws:
+                for item in session.receive_data(message):
+                    if isinstance(item, ievent.SessionOpened):
+                        opened = True
+                        self._set_connected(True)
+                        log("info", self.owner, "connected to agent", url=self.url)
+                    elif isinstance(item, ievent.IdentityRefused):
+                        log("error", self.owner, "agent refused our identity card", comment=item.comment)
+                        return False
+                    elif isinstance(item, ievent.EventReceived) and item.event == ievent.EV_MT_COMMAND:
+                        task = asyncio.ensure_future(self._answer(channel, item.kw))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    elif isinstance(item, ievent.ProtocolFault):
+                        log("warning", self.owner, "bad inter-event from agent", reason=item.reason)
+        except websockets.ConnectionClosed:
+            pass
+        if opened:
+            log("warning", self.owner, "agent link lost, reconnecting", url=self.url)
+        return opened
+
+    async def _answer(self, channel: Channel, request_kw: dict[str, Any]) -> None:
+        command = request_kw.get("__command__")
+        service = request_kw.get("service") if isinstance(request_kw.get("service"), str) else ""
+        extra = {"gobj": request_kw["__gobj__"]} if isinstance(request_kw.get("__gobj__"), str) else {}
+        params = {
+            k: v for k, v in request_kw.items()
+            if not k.startswith("__") and k != "service"
+        }
+        if not isinstance(command, str) or not command.strip():
+            envelope = ievent.build_response_envelope(-1, "What command?")
+        else:
+            loop = asyncio.get_running_loop()
+            try:
+                envelope = await loop.run_in_executor(None, self.on_command, channel, command, params, service, extra)
+            except Exception as exc:
+                envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
+        answer = ievent.build_command_answer(envelope, request_kw, self.md_yuno, my_service=service or "__yuno__")
+        try:
+            await channel.send(ievent.EV_MT_COMMAND_ANSWER, answer)
+        except websockets.ConnectionClosed:
+            pass
