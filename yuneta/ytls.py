@@ -30,6 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
+from yuneta.errors import YunetaError
+
 DEFAULT_CIPHERS = "HIGH:!aNULL:!kRSA:!PSK:!SRP:!MD5:!RC4"
 DEFAULT_MIN_VERSION = "TLSv1.2"
 
@@ -61,8 +63,8 @@ _VERIFY_MODES = {
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 
-class TlsError(Exception):
-    """A TLS material or setting problem.
+class TlsError(YunetaError):
+    """A TLS material or setting problem (a kernel error: a command answers `-1 str(exc)`).
 
     `key` is the crypto key at fault (e.g. "ssl_certificate_key"), `path` the file (or None),
     `reason` the problem. `str()` reads "<key> <path>: <reason>".
