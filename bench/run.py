@@ -1,4 +1,4 @@
-"""Run every benchmark of the TLS I/O layer and print one table (`python -m bench.run`).
+"""Run every benchmark and print the tables (`python -m bench.run`): the kernel's, then the TLS I/O layer's.
 
 Each figure of `yuneta.netio` stands beside baselines measured in the same run: bare asyncio
 (`start_server(ssl=ctx)` and a `create_server` Protocol) and, when installed, nginx's `stream`
@@ -224,7 +224,13 @@ def main() -> None:
     ap.add_argument("--handshakes", type=int, default=2000, help="handshakes per figure (b)")
     ap.add_argument("--echo-conns", type=int, default=1000, help="connections for (c)")
     ap.add_argument("--echo-rounds", type=int, default=30, help="round trips per conn (c)")
+    ap.add_argument("--kernel-calls", type=int, default=5000, help="calls per kernel figure")
     args = ap.parse_args()
+
+    from bench import kernel
+
+    print("[kernel] actor round trip and command dispatch...", flush=True)
+    kernel_results = kernel.run(args.kernel_calls)
 
     have_nginx = shutil.which("nginx") is not None and os.path.exists(NGINX_MODULE)
     results: dict[str, dict[str, float | None]] = {}
@@ -280,6 +286,7 @@ def main() -> None:
                 target += f" ({value / ref:.2f}x)"
         verdict = "n/a" if ok is None else ("PASS" if ok else "MISS")
         print(f"{label:58} {cells} {target:>14}  {verdict}")
+    kernel.print_table(kernel_results)
 
 
 if __name__ == "__main__":
