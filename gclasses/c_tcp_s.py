@@ -120,8 +120,8 @@ class CTcpS(TlsListener, GObj):
             self.server.stop_listening(close_connections=True)
             self.mt_stats()
             self.server = None
+            self.log("info", "listener stopped", url=self.attrs["url"])
         self.change_state("ST_STOPPED")
-        self.log("info", "listener stopped", url=self.attrs["url"])
 
     def mt_stats(self) -> None:
         server = self.server

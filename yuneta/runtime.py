@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yuneta.config import ServiceNode, YunoConfig
-from yuneta.errors import AttrError
+from yuneta.errors import YunetaError
 from yuneta.gclass import coerce
 from yuneta.gobj import GObj, create_gobj
 from yuneta.log import log, setup_logging
@@ -196,7 +196,11 @@ def run_yuno(config: YunoConfig) -> int:
     try:
         root = runtime.build()
         runtime.start()
-    except (AttrError, Exception) as exc:
+    except YunetaError as exc:  # an operator's error (bad certificate, bad attribute): no traceback
+        log("critical", "__yuno__", "yuno failed to start", error=str(exc))
+        runtime.shutdown()
+        return 1
+    except Exception as exc:
         log("critical", "__yuno__", "yuno failed to start", error=str(exc), exc_info=True)
         runtime.shutdown()
         return 1
