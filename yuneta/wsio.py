@@ -174,9 +174,23 @@ class WsServer:
         self.channels.add(channel)
         opened = False
         tasks: set[asyncio.Task] = set()
+        # Answers leave in request order (the C protocol has no message id): each answer
+        # waits for the one before it, while the commands themselves run concurrently.
+        last: asyncio.Task | None = None
+
+        def in_order(coro: Any) -> asyncio.Task:
+            task = asyncio.ensure_future(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            return task
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IDENTITY_TIMEOUT
         try:
             while True:
-                timeout = None if opened else IDENTITY_TIMEOUT
+                # The card must arrive within IDENTITY_TIMEOUT of the connection, whatever else
+                # (junk, refused cards) the peer sends meanwhile: no unidentified squatters.
+                timeout = None if opened else max(0.0, deadline - loop.time())
                 try:
                     message = await asyncio.wait_for(ws.recv(), timeout)
                 except TimeoutError:
@@ -184,7 +198,10 @@ class WsServer:
                     return
                 for item in session.receive_data(message):
                     if isinstance(item, ievent.SendFrame):
-                        await ws.send(item.text)
+                        if last is None or last.done():
+                            await ws.send(item.text)
+                        else:
+                            last = in_order(self._send_after(last, channel, item.text))
                     elif isinstance(item, ievent.Close):
                         return
                     elif isinstance(item, ievent.IdentityAccepted):
@@ -199,9 +216,7 @@ class WsServer:
                         log("warning", self.owner, "identity card refused", peer=channel.peer,
                             result=item.result, comment=item.comment)
                     elif isinstance(item, ievent.CommandRequest):
-                        task = asyncio.ensure_future(self._run_command(session, channel, item))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        last = in_order(self._run_command(session, channel, item, last))
                     elif isinstance(item, ievent.EventReceived):
                         if item.event in (ievent.EV_MT_COMMAND_ANSWER, ievent.EV_MT_STATS_ANSWER):
                             channel.answer_received(item.kw)
@@ -210,7 +225,9 @@ class WsServer:
                     elif isinstance(item, ievent.ProtocolFault):
                         log("warning", self.owner, "bad inter-event", reason=item.reason, peer=channel.peer)
         except websockets.ConnectionClosed as exc:
-            if exc.rcvd is not None and exc.rcvd.code == 1009:
+            # The server itself fails an oversize frame with 1009: that is the close it sent
+            # (exc.sent); exc.rcvd is usually None because the peer's echo is not awaited.
+            if any(frame is not None and frame.code == 1009 for frame in (exc.sent, exc.rcvd)):
                 log("warning", self.owner, "frame over the size limit, connection closed", peer=channel.peer)
         except Exception as exc:  # a broken peer never stops the server
             log("error", self.owner, "connection handler failed", peer=channel.peer, error=repr(exc), exc_info=True)
@@ -221,7 +238,17 @@ class WsServer:
             if opened and self.on_close is not None:
                 self.on_close(channel)
 
-    async def _run_command(self, session: ievent.ServerSession, channel: Channel, request: ievent.CommandRequest) -> None:
+    async def _send_after(self, previous: asyncio.Task, channel: Channel, text: str) -> None:
+        await asyncio.wait([previous])
+        try:
+            await channel.ws.send(text)
+        except websockets.ConnectionClosed:
+            pass
+
+    async def _run_command(
+        self, session: ievent.ServerSession, channel: Channel, request: ievent.CommandRequest,
+        previous: asyncio.Task | None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         try:
             envelope = await loop.run_in_executor(
@@ -230,6 +257,8 @@ class WsServer:
         except Exception as exc:
             log("error", self.owner, "command handler failed", command=request.command, error=repr(exc), exc_info=True)
             envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
+        if previous is not None:
+            await asyncio.wait([previous])
         try:
             await channel.ws.send(session.answer(request, envelope).text)
         except websockets.ConnectionClosed:
