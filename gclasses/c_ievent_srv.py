@@ -44,6 +44,9 @@ GCLASS = GClassDef(
 )
 
 
+HIDDEN = "********"
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -84,6 +87,10 @@ class CIEventSrv(TlsListener, GObj):
                 raise AttrError(self.gclass.name, "auth_tokens",
                                 f"{self.attrs['url']}: a non-loopback address needs at least one token")
         self.attrs.update(lHost=host, lPort=port, use_ssl=use_ssl)
+        # The tokens are secrets: keep them out of the attribute table (view-gobj-tree and
+        # read_attr show any attribute asked for by name), leaving only placeholders.
+        self._auth_tokens = tuple(str(token) for token in self.attrs["auth_tokens"])
+        self.attrs["auth_tokens"] = [HIDDEN] * len(self._auth_tokens)
         self.server: WsServer | None = None
         self._listeners: list[tuple[Callable[[Channel], None], Callable[[Channel], None]]] = []
 
@@ -114,7 +121,7 @@ class CIEventSrv(TlsListener, GObj):
                 yuno_id=root["yuno_id"],
                 realm_name=root["realm_name"],
                 services=lambda name: runtime.find_service(name) is not None,
-                auth=self._auth if self.attrs["auth_tokens"] else None,
+                auth=self._auth if self._auth_tokens else None,
                 channel_name=self.name,
                 max_frame_size=self.attrs["max_frame_size"],
             )
@@ -151,8 +158,8 @@ class CIEventSrv(TlsListener, GObj):
     def _auth(self, card: Mapping[str, Any]) -> tuple[int, str]:
         token = card.get("jwt")
         if isinstance(token, str) and token:
-            for accepted in self.attrs["auth_tokens"]:
-                if hmac.compare_digest(token.encode(), str(accepted).encode()):
+            for accepted in self._auth_tokens:
+                if hmac.compare_digest(token.encode(), accepted.encode()):
                     return 0, "Identity card accepted"
         return -1, "Authentication failed: a valid token is required"
 
