@@ -17,9 +17,8 @@ import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
 from yuneta import ievent
 from yuneta.command import envelope
 from yuneta.errors import AttrError
@@ -56,27 +55,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def parse_ws_url(url: str) -> tuple[str, int, bool]:
-    """(host, port, use_ssl) of a ws:// or wss:// URL; ValueError naming the problem."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ValueError(f"url {url!r}: scheme must be ws or wss")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"url {url!r}: {exc}") from None
-    if port is None:
-        raise ValueError(f"url {url!r}: a port is required")
-    return parts.hostname or "127.0.0.1", port, parts.scheme == "wss"
-
-
 @register_gclass
 class CIEventSrv(TlsListener, GObj):
     GCLASS = GCLASS
 
     def mt_create(self) -> None:
         try:
-            host, port, use_ssl = parse_ws_url(self.attrs["url"])
+            _scheme, host, port, use_ssl = parse_url(self.attrs["url"], ("ws", "wss"))
         except ValueError as exc:
             raise AttrError(self.gclass.name, "url", str(exc)) from None
         if not _is_loopback(host):

@@ -13,15 +13,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
-from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
 from yuneta.errors import AttrError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
 from yuneta.netio import EchoHandler, Handler, TcpServer
 
-SCHEMES = {"tcp": False, "tcps": True, "ssl": True}
+SCHEMES = ("tcp", "tcps", "ssl")
 
 #: Protocols a listener can hand its connections to, by the name used in `protocol`.
 #: A dotted `module:Class` naming a `netio.Handler` subclass works too.
@@ -53,21 +52,6 @@ GCLASS = GClassDef(
 )
 
 
-def parse_url(url: str) -> tuple[str, str, int, bool]:
-    """(scheme, host, port, use_ssl) of a listener URL; ValueError naming the problem."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(f"url {url!r}: scheme must be one of {', '.join(SCHEMES)}")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"url {url!r}: {exc}") from None
-    if port is None:
-        raise ValueError(f"url {url!r}: a port is required (0 picks a free one)")
-    return scheme, parts.hostname or "127.0.0.1", port, SCHEMES[scheme]
-
-
 def find_protocol(name: str) -> Callable[[], Handler]:
     if name in PROTOCOLS:
         return PROTOCOLS[name]
@@ -86,7 +70,7 @@ class CTcpS(TlsListener, GObj):
 
     def mt_create(self) -> None:
         try:
-            _scheme, host, port, use_ssl = parse_url(self.attrs["url"])
+            _scheme, host, port, use_ssl = parse_url(self.attrs["url"], SCHEMES)
             find_protocol(self.attrs["protocol"])
         except ValueError as exc:
             raise AttrError(self.gclass.name, "url", str(exc)) from None
@@ -95,7 +79,7 @@ class CTcpS(TlsListener, GObj):
         self.server: TcpServer | None = None
 
     def mt_start(self) -> None:
-        _scheme, host, port, use_ssl = parse_url(self.attrs["url"])
+        _scheme, host, port, use_ssl = parse_url(self.attrs["url"], SCHEMES)
         if use_ssl:
             # A bad certificate at start is a start failure, said clearly: nothing listens.
             self.build_ytls()

@@ -8,11 +8,16 @@ answers of SPEC 5: a refused reload keeps the old context, says exactly why, and
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from yuneta.command import envelope
 from yuneta.errors import CommandError
 from yuneta.gclass import Attr, Command, Flag
 from yuneta.ytls import TlsError, Ytls
+
+#: The URL scheme decides TLS (SPEC 4): these are secure, their plain twins are not.
+SECURE_SCHEMES = {"tcps": True, "ssl": True, "wss": True, "https": True, "mqtts": True, "udps": True,
+                  "tcp": False, "ws": False, "http": False, "mqtt": False, "udp": False}
 
 NOT_TLS = "Listener is not TLS-enabled or not running"
 NO_CERT = "Listener is not TLS-enabled or has no certificate"
@@ -29,6 +34,24 @@ TLS_COMMANDS = (
     Command("reload-certs", "cmd_reload_certs", (), "Reload this listener's TLS certificates"),
     Command("view-cert", "cmd_view_cert", (), "View the certificate this listener serves"),
 )
+
+
+def parse_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str, int, bool]:
+    """(scheme, host, port, use_ssl) of a listener URL whose scheme is one of `schemes`.
+
+    Raises ValueError naming the URL and the problem. Port 0 picks a free port.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"url {url!r}: scheme must be one of {', '.join(schemes)}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"url {url!r}: {exc}") from None
+    if port is None:
+        raise ValueError(f"url {url!r}: a port is required (0 picks a free one)")
+    return scheme, parts.hostname or "127.0.0.1", port, SECURE_SCHEMES[scheme]
 
 
 class TlsListener:

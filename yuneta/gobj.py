@@ -538,7 +538,8 @@ class GObj:
             "running": self.running,
             "playing": self.playing,
         }
-        attrs = {a: self.attrs[a] for a in wanted if a in self.attrs}
+        index = self.gclass.attr_index
+        attrs = {a: self.attrs[a] for a in wanted if a in index and index[a].flags & _PUBLIC}
         if attrs:
             node["attrs"] = attrs
         node["children"] = [c.tree_node(wanted) for c in list(self.children)]
