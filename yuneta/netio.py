@@ -2,9 +2,10 @@
 
 `IOLoop` runs an asyncio loop in its own thread; actors (gobjs living in pykka threads) drive
 it through thread-safe calls (`run`, `run_sync`, `call_soon_threadsafe`). `TcpServer` listens
-on that loop and turns each accepted socket into a `Connection`: a light `asyncio.Protocol`
-object (not an actor, not a thread; reading into one receive buffer shared per server) that, for TLS, drives its own `ssl.SSLObject` over a pair
-of `ssl.MemoryBIO`s. That replaces asyncio's `SSLProtocol`, whose 256 KiB per-connection
+on that loop and turns each accepted socket into a `Connection`: a light object (not an
+actor, not a thread, not an asyncio transport; reading into one receive buffer shared per
+server) that does its own non-blocking socket I/O and, for TLS, drives its own SSL object over
+a pair of `ssl.MemoryBIO`s. That replaces asyncio's `SSLProtocol`, whose 256 KiB per-connection
 buffer makes an idle TLS connection cost ~280 KiB; here nothing per connection is sized
 beyond what OpenSSL itself needs. TLS contexts come from a zero-arg provider called at
 accept time, so a certificate reload (`yuneta.ytls.Ytls.reload`) affects new connections only
@@ -17,12 +18,18 @@ opens, closes and handshake failures through cheap callbacks and plain counters.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import concurrent.futures
+import errno
+import functools
 import ipaddress
+import socket
+import select
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -34,6 +41,12 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _TLS_READ_SIZE = 16384
 
 _RECV_BUFFER_SIZE = 256 * 1024
+# Flow control of a connection's unsent bytes (asyncio's transport defaults).
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = 16 * 1024
+# Accept at most this many connections per readiness event of a listening socket.
+_ACCEPT_BATCH = 100
+_ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 _HANDSHAKING, _OPEN, _CLOSING, _CLOSED = range(4)
 
@@ -151,37 +164,136 @@ class EchoHandler(Handler):
         conn.write(data)
 
 
-class Connection(asyncio.BufferedProtocol):
+_READ, _WRITE = 1, 4  # select.EPOLLIN, select.EPOLLOUT (also used by the fallback poller)
+
+
+class _EpollPoller:
+    """Readiness of every socket of one loop, through one epoll registered with that loop.
+
+    asyncio's own readiness path costs, per socket event, a selector key lookup, a `Handle`
+    and a trip through the ready queue, and `add_reader`/`remove_reader` per connection
+    about 5 us; here one loop callback drains the epoll and calls each socket's callback
+    directly (a dict lookup per event), and registration is one epoll_ctl. The loop still
+    owns the thread: the epoll's own descriptor is just one more reader in it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ep = select.epoll()
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        loop.add_reader(self._ep.fileno(), self._dispatch)
+
+    def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self._ep.register(fd, events)
+        self._callbacks[fd] = callback
+
+    def modify(self, fd: int, events: int) -> None:
+        self._ep.modify(fd, events)
+
+    def unregister(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+
+    def _dispatch(self) -> None:
+        callbacks = self._callbacks
+        # A callback may close a descriptor and an accept reuse its number within one batch:
+        # the new owner then sees a spurious event, which costs it one EAGAIN, nothing more.
+        for fd, events in self._ep.poll(0, 512):
+            callback = callbacks.get(fd)
+            if callback is not None:
+                callback(events)
+
+
+class _LoopPoller:
+    """The same interface over `loop.add_reader`/`add_writer`, where there is no epoll."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._events: dict[int, int] = {}
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+
+    def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self._events[fd] = 0
+        self._callbacks[fd] = callback
+        self.modify(fd, events)
+
+    def modify(self, fd: int, events: int) -> None:
+        old = self._events[fd]
+        callback = self._callbacks[fd]
+        if events & _READ and not old & _READ:
+            self._loop.add_reader(fd, callback, _READ)
+        elif old & _READ and not events & _READ:
+            self._loop.remove_reader(fd)
+        if events & _WRITE and not old & _WRITE:
+            self._loop.add_writer(fd, callback, _WRITE)
+        elif old & _WRITE and not events & _WRITE:
+            self._loop.remove_writer(fd)
+        self._events[fd] = events
+
+    def unregister(self, fd: int) -> None:
+        if fd in self._events:
+            self.modify(fd, 0)
+            del self._events[fd], self._callbacks[fd]
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> Any:
+    """The poller of `loop` (one per loop, created on first use, gone with the loop)."""
+    poller = _pollers.get(loop)
+    if poller is None:
+        use_epoll = hasattr(select, "epoll") and isinstance(loop, asyncio.SelectorEventLoop)
+        poller = _pollers[loop] = (_EpollPoller if use_epoll else _LoopPoller)(loop)
+    return poller
+
+
+class Connection:
     """One accepted socket, plain or TLS, living in the loop thread.
 
     `peername`, `user_data` (free for the listener), `write()`, `close()`; for TLS also
     `tls_version`, `cipher`, `cert_serial` (the serial of the certificate this session was
     served with), `peer_cert_serial` (client certificate under mTLS) and `context`.
+
+    No asyncio transport: the connection registers its socket with the loop's poller (one
+    epoll per loop, itself a reader of the asyncio loop) and does its own non-blocking
+    `recv_into`/`send`, which keeps per-connection objects and per-event Python work to a
+    minimum (a transport costs a task, a future, several callbacks and a getsockname per
+    accept). An exception from a handler aborts that connection (`on_close` gets it) and is
+    reported to the loop's exception handler, as asyncio does for a failing protocol. Writes go straight to the
+    socket; what the kernel does not take is buffered, and above `_HIGH_WATER` buffered bytes
+    reading pauses until the peer drains below `_LOW_WATER` (so echo-style handlers cannot
+    balloon).
     """
 
     __slots__ = (
         "_server",
-        "_transport",
+        "_sock",
+        "_fd",
         "_handler",
         "_sslobj",
         "_in",
         "_out",
         "_state",
-        "_timer",
+        "_deadline",
+        "_wbuf",
+        "_reading",
         "peername",
         "user_data",
     )
 
-    def __init__(self, server: TcpServer) -> None:
+    def __init__(self, server: TcpServer, sock: socket.socket, peername: Any) -> None:
         self._server = server
-        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
         self._handler: Handler | None = None
-        self._sslobj: ssl.SSLObject | None = None
+        self._sslobj: Any = None  # the C-level SSL object behind ssl.SSLObject
         self._in: ssl.MemoryBIO | None = None
         self._out: ssl.MemoryBIO | None = None
         self._state = _HANDSHAKING
-        self._timer: asyncio.TimerHandle | None = None
-        self.peername: Any = None
+        self._deadline = 0.0
+        self._wbuf: bytearray | None = None  # unsent bytes, allocated only when needed
+        self._reading = False
+        self.peername: Any = peername
         self.user_data: Any = None
 
     # -- public API (loop thread only) -------------------------------------------------
@@ -200,19 +312,19 @@ class Connection(asyncio.BufferedProtocol):
             return
         sslobj = self._sslobj
         if sslobj is None:
-            self._transport.write(data)  # type: ignore[union-attr]
+            self._send(data)
             return
         try:
             sslobj.write(data)
         except ssl.SSLError as exc:
             self._abort(exc)
             return
-        self._transport.write(self._out.read())  # type: ignore[union-attr]
+        self._send(self._out.read())  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Close: TLS close_notify then FIN, after pending writes. `on_close` follows."""
         state = self._state
-        if state >= _CLOSING or self._transport is None:
+        if state >= _CLOSING or self._sock is None:
             return
         if state == _HANDSHAKING:
             self._end_handshake()
@@ -221,19 +333,19 @@ class Connection(asyncio.BufferedProtocol):
             self._state = _CLOSING
             if self._sslobj is not None:
                 try:
-                    self._sslobj.unwrap()
+                    self._sslobj.shutdown()
                 except ssl.SSLError:
                     pass  # WantRead: we do not wait for the peer's close_notify
                 self._flush()
-        self._transport.close()
+        self._close_socket(None)
 
     def abort(self) -> None:
         """Drop the connection now, discarding unsent data."""
-        if self._transport is not None and self._state < _CLOSED:
+        if self._sock is not None and self._state < _CLOSED:
             if self._state == _HANDSHAKING:
                 self._end_handshake()
                 self._state = _CLOSED
-            self._transport.abort()
+            self._force_close(None)
 
     @property
     def context(self) -> ssl.SSLContext | None:
@@ -257,56 +369,94 @@ class Connection(asyncio.BufferedProtocol):
     @property
     def peer_cert_serial(self) -> str | None:
         """Upper-case hex serial of the client's certificate (mTLS), else None."""
-        der = self._sslobj.getpeercert(binary_form=True) if self._sslobj is not None else None
+        der = self._sslobj.getpeercert(True) if self._sslobj is not None else None
         if not der:
             return None
         from cryptography import x509  # only needed when someone asks
 
         return format(x509.load_der_x509_certificate(der).serial_number, "X")
 
-    # -- asyncio.Protocol ------------------------------------------------------------------
+    # -- socket events -----------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+    def _start(self) -> None:
+        """Just accepted: filter, wrap for TLS, start reading."""
         server = self._server
-        peer = transport.get_extra_info("peername")
-        self.peername = peer
-        if server._allowed is not None and not server._ip_allowed(peer[0]):
+        if server._allowed is not None and not server._ip_allowed(self.peername[0]):
             server.rejected += 1
             self._state = _CLOSED
-            transport.abort()
+            self._sock.close()  # type: ignore[union-attr]
+            self._sock = None
             return
         server._conns.add(self)
+        server._poller.register(self._fd, _READ, self._on_event)
+        self._reading = True
         provider = server._tls
         if provider is None:
             self._open()
             return
+        server.handshaking += 1
         try:
             self._in = ssl.MemoryBIO()
             self._out = ssl.MemoryBIO()
             # The context current *now*: a later reload does not touch this session.
-            self._sslobj = provider().wrap_bio(self._in, self._out, server_side=True)
+            self._sslobj = _wrap_server_bio(provider(), self._in, self._out)
         except Exception as exc:  # a broken provider must not kill the accept loop
-            server.handshaking += 1
             self._fail_handshake(f"no TLS context: {exc}")
             return
-        server.handshaking += 1
-        self._timer = server._loop.call_later(server.handshake_timeout, self._handshake_timeout)
+        # One periodic sweep per server enforces the deadline: no timer per connection.
+        self._deadline = server._loop.time() + server.handshake_timeout  # type: ignore[union-attr]
+        server._handshakes.add(self)
+        if server._sweeper is None:
+            server._schedule_sweep()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # One receive buffer per server, shared by its connections: the loop thread consumes
-        # it synchronously in buffer_updated, so no connection owns a buffer and no recv
-        # allocates (a plain Protocol's recv(256 KiB) costs an mmap/munmap per read).
-        return self._server._rbuf
+    def _on_event(self, events: int) -> None:
+        try:
+            if events & _WRITE:
+                self._on_writable()
+            if self._reading:  # readable, or hung up / in error: recv tells which
+                self._on_readable()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc)
 
-    def buffer_updated(self, nbytes: int) -> None:
+    def _fatal(self, exc: BaseException) -> None:
+        self._server._loop.call_exception_handler(  # type: ignore[union-attr]
+            {"message": "netio: connection callback failed", "exception": exc,
+             "connection": self}
+        )
+        if self._state == _OPEN:
+            self._state = _CLOSING
+        self._force_close(exc)  # during a handshake, _lost reports it as a failed one
+
+    def _on_readable(self) -> None:
+        server = self._server
+        try:
+            nbytes = self._sock.recv_into(server._rbuf)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if not nbytes:  # EOF: the peer is gone; finish sending what we have, then close
+            if self._state == _HANDSHAKING:
+                self._end_handshake()
+                self._state = _CLOSED
+                server._handshake_failed(self, "peer closed during handshake")
+            if self._wbuf is None:
+                self._lost(None)  # nothing left to send: done now, no extra callback
+            else:
+                self._close_socket(None)
+            return
         sslobj = self._sslobj
         if sslobj is None:
             if self._state == _OPEN:
-                self._handler.on_data(self, bytes(self._server._rbuf[:nbytes]))  # type: ignore[union-attr]
+                # One receive buffer per server, shared by its connections: consumed here,
+                # synchronously, so no connection owns a buffer and no recv allocates.
+                self._handler.on_data(self, bytes(server._rbuf[:nbytes]))  # type: ignore[union-attr]
             return
-        self._in.write(self._server._rbuf[:nbytes])  # type: ignore[union-attr]
+        incoming = self._in
+        incoming.write(server._rbuf[:nbytes])  # type: ignore[union-attr]
         if self._state == _HANDSHAKING:
             try:
                 sslobj.do_handshake()
@@ -317,42 +467,64 @@ class Connection(asyncio.BufferedProtocol):
                 self._flush()  # the alert tells the client why
                 self._fail_handshake(exc.reason or str(exc))
                 return
-            self._flush()
+            self._flush()  # our last flight and the session tickets, in one send
             self._end_handshake()
             self._open()
+            # Application data may have come with the client's Finished; else nothing to read.
+            if not incoming.pending and not sslobj.pending():  # type: ignore[union-attr]
+                return
         if self._state == _OPEN:
             self._read_tls(sslobj)
 
-    def eof_received(self) -> bool:
-        return False  # let the transport close; connection_lost reports
-
-    def pause_writing(self) -> None:
-        # Peer reads slower than we write: stop reading so echo-style handlers can't balloon.
-        self._transport.pause_reading()  # type: ignore[union-attr]
-
-    def resume_writing(self) -> None:
-        self._transport.resume_reading()  # type: ignore[union-attr]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        state = self._state
-        self._state = _CLOSED
-        server = self._server
-        if state == _HANDSHAKING:
-            self._end_handshake()
-            server._handshake_failed(self, str(exc) if exc else "peer closed during handshake")
-        server._conns.discard(self)
-        # Drop the SSLObject now: it holds the context an old certificate lives in.
-        self._sslobj = self._in = self._out = None
-        if state in (_OPEN, _CLOSING):
-            server.connxs -= 1
-            try:
-                self._handler.on_close(self, exc)  # type: ignore[union-attr]
-            finally:
-                if server.on_connection_close is not None:
-                    server.on_connection_close(self, exc)
-        self._handler = None
+    def _on_writable(self) -> None:
+        buf = self._wbuf
+        sock = self._sock
+        if buf is None or sock is None:
+            return
+        try:
+            n = sock.send(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        del buf[:n]
+        if buf:
+            if not self._reading and len(buf) <= _LOW_WATER and self._state == _OPEN:
+                self._reading = True  # the peer caught up: read again
+                self._server._poller.modify(self._fd, _READ | _WRITE)
+            return
+        self._wbuf = None
+        if self._state >= _CLOSING and not self._reading:
+            self._lost(None)  # close() was waiting for the buffer to drain
+            return
+        if self._state == _OPEN:
+            self._reading = True
+        self._server._poller.modify(self._fd, _READ if self._reading else 0)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        buf = self._wbuf
+        if buf is not None:  # already waiting for the socket: keep the order
+            buf += data
+            if self._reading and len(buf) > _HIGH_WATER:
+                self._reading = False  # the peer reads slower than we write: stop reading
+                self._server._poller.modify(self._fd, _WRITE)
+            return
+        try:
+            n = self._sock.send(data)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._force_close(exc)
+            return
+        if n == len(data):
+            return
+        self._wbuf = buf = bytearray(data[n:])
+        if self._reading and len(buf) > _HIGH_WATER:
+            self._reading = False
+        self._server._poller.modify(self._fd, (_READ if self._reading else 0) | _WRITE)
 
     def _open(self) -> None:
         self._state = _OPEN
@@ -364,7 +536,7 @@ class Connection(asyncio.BufferedProtocol):
             server.on_connection_open(self)
         self._handler.on_open(self)
 
-    def _read_tls(self, sslobj: ssl.SSLObject) -> None:
+    def _read_tls(self, sslobj: Any) -> None:
         incoming = self._in
         handler = self._handler
         while True:
@@ -375,7 +547,7 @@ class Connection(asyncio.BufferedProtocol):
             except ssl.SSLError as exc:
                 self._abort(exc)
                 return
-            if not chunk:  # SSLObject.read returns b"" on the peer's close_notify
+            if not chunk:  # read returns b"" on the peer's close_notify
                 self.close()  # answer it, then FIN
                 return
             handler.on_data(self, chunk)  # type: ignore[union-attr]
@@ -389,30 +561,90 @@ class Connection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         out = self._out
-        if out is not None and out.pending:
-            self._transport.write(out.read())  # type: ignore[union-attr]
+        if out is not None and out.pending and self._sock is not None:
+            self._send(out.read())
 
     def _end_handshake(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._server.handshaking -= 1
+        server = self._server
+        server._handshakes.discard(self)
+        server.handshaking -= 1
 
     def _fail_handshake(self, reason: str) -> None:
         self._end_handshake()
         self._state = _CLOSED
         self._server._handshake_failed(self, reason)
-        self._transport.close()  # type: ignore[union-attr]
+        self._close_socket(None)
 
-    def _handshake_timeout(self) -> None:
-        self._timer = None
-        if self._state == _HANDSHAKING:
-            self._fail_handshake("handshake timeout")
-            self._transport.abort()  # type: ignore[union-attr]
+    def _timeout_handshake(self) -> None:
+        self._end_handshake()
+        self._state = _CLOSED
+        self._server._handshake_failed(self, "handshake timeout")
+        self._force_close(None)
 
     def _abort(self, exc: BaseException) -> None:
         self._state = _CLOSING
-        self._transport.abort()  # type: ignore[union-attr]
+        self._force_close(exc)
+
+    def _close_socket(self, exc: BaseException | None) -> None:
+        """Stop reading; close once unsent bytes are out (`on_close` in a later callback)."""
+        if self._sock is None:
+            return
+        if self._reading:
+            self._reading = False
+            self._server._poller.modify(self._fd, _WRITE if self._wbuf is not None else 0)
+        if self._wbuf is None:
+            self._server._loop.call_soon(self._lost, exc)  # type: ignore[union-attr]
+        # else _on_writable calls _lost once the buffer is empty
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        """Discard unsent bytes and close now (`on_close` in a later callback)."""
+        if self._sock is None:
+            return
+        if self._reading or self._wbuf is not None:
+            self._reading = False
+            self._wbuf = None
+            self._server._poller.modify(self._fd, 0)
+        self._server._loop.call_soon(self._lost, exc)  # type: ignore[union-attr]
+
+    def _lost(self, exc: BaseException | None) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._reading = False
+        self._wbuf = None
+        server = self._server
+        server._poller.unregister(self._fd)
+        sock.close()
+        state = self._state
+        self._state = _CLOSED
+        if state == _HANDSHAKING:
+            self._end_handshake()
+            server._handshake_failed(self, str(exc) if exc else "peer closed during handshake")
+        server._conns.discard(self)
+        # Drop the SSL object now: it holds the context an old certificate lives in.
+        self._sslobj = self._in = self._out = None
+        if state in (_OPEN, _CLOSING):
+            server.connxs -= 1
+            try:
+                self._handler.on_close(self, exc)  # type: ignore[union-attr]
+            finally:
+                if server.on_connection_close is not None:
+                    server.on_connection_close(self, exc)
+        self._handler = None
+
+
+def _wrap_server_bio(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> Any:
+    """Server-side SSL object over two memory BIOs.
+
+    This is what `ctx.wrap_bio()` builds inside its `ssl.SSLObject`; we keep the C object
+    itself (same methods: do_handshake, read, write, pending, shutdown, version, cipher,
+    getpeercert, context), sparing a Python wrapper call on every operation. Contexts that
+    customise `sslobject_class` get the public path.
+    """
+    if type(ctx).sslobject_class is ssl.SSLObject:
+        return ctx._wrap_bio(incoming, outgoing, server_side=True)
+    return ctx.wrap_bio(incoming, outgoing, server_side=True)._sslobj
 
 
 def _networks(items: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -458,9 +690,13 @@ class TcpServer:
         self._handler_factory = handler
         self._tls = tls
         self._allowed = _networks(only_allowed_ips) if only_allowed_ips else None
-        self._server: asyncio.base_events.Server | None = None
+        self._socks: list[socket.socket] = []  # listening sockets, registered with the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conns: set[Connection] = set()
+        self._handshakes: set[Connection] = set()  # TLS handshakes in progress
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._poller: Any = None
+        self._accept_paused: set[int] = set()
         self._rbuf = memoryview(bytearray(_RECV_BUFFER_SIZE))
         self.connxs = 0
         self.tconnxs = 0
@@ -470,7 +706,7 @@ class TcpServer:
 
     @property
     def listening(self) -> bool:
-        return self._server is not None
+        return bool(self._socks)
 
     @property
     def is_tls(self) -> bool:
@@ -502,26 +738,43 @@ class TcpServer:
 
     async def listen(self) -> int:
         """Coroutine form of `start_listening`, for the loop thread."""
-        if self._server is not None:
+        if self._socks:
             return self.port
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._server = await loop.create_server(
-            lambda: Connection(self),
-            self.host,
-            self.port,
-            backlog=self.backlog,
-            reuse_address=True,
+        self._poller = _poller(loop)
+        infos = await loop.getaddrinfo(
+            self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        socks: list[socket.socket] = []
+        try:
+            seen = set()
+            for family, type_, proto, _, addr in infos:
+                if (family, addr) in seen:
+                    continue
+                seen.add((family, addr))
+                sock = socket.socket(family, type_, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+                sock.bind(addr)
+                sock.listen(self.backlog)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        for sock in socks:
+            self._poller.register(sock.fileno(), _READ, functools.partial(self._on_accept, sock))
+        self._socks = socks
+        self.port = socks[0].getsockname()[1]
         self.ioloop._servers.add(self)
         return self.port
 
     async def aclose(self, close_connections: bool = False, timeout: float = 5.0) -> None:
         """Coroutine form of `stop_listening`."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._stop_accepting()
         self.ioloop._servers.discard(self)
         if not close_connections:
             return
@@ -532,6 +785,72 @@ class TcpServer:
             await asyncio.sleep(0.01)
         for conn in list(self._conns):
             conn.abort()
+        if self._conns:
+            await asyncio.sleep(0)  # let the aborts report
+
+    def _stop_accepting(self) -> None:
+        socks, self._socks = self._socks, []
+        for sock in socks:
+            if sock.fileno() in self._accept_paused:
+                self._accept_paused.discard(sock.fileno())
+            else:
+                self._poller.unregister(sock.fileno())
+            sock.close()
+
+    def _on_accept(self, lsock: socket.socket, events: int) -> None:
+        # Our own accept: a bare socket object and a Connection, no transport, task or future.
+        family = lsock.family
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                fd, addr = lsock._accept()  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_ERRNOS:
+                    raise  # the loop logs it and keeps going
+                # Out of descriptors or memory: pause accepting for a while (like asyncio).
+                self._poller.unregister(lsock.fileno())
+                self._accept_paused.add(lsock.fileno())
+                self._loop.call_later(1.0, self._resume_accept, lsock)  # type: ignore[union-attr]
+                return
+            sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            try:
+                sock.setblocking(False)
+                if family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                continue
+            conn = Connection(self, sock, addr)
+            try:
+                conn._start()
+            except Exception as exc:  # e.g. a plain connection's on_open
+                conn._fatal(exc)
+
+    def _resume_accept(self, lsock: socket.socket) -> None:
+        if lsock.fileno() in self._accept_paused:
+            self._accept_paused.discard(lsock.fileno())
+            self._poller.register(lsock.fileno(), _READ, functools.partial(self._on_accept, lsock))
+
+    def _schedule_sweep(self) -> None:
+        interval = min(1.0, max(0.05, self.handshake_timeout / 4))
+        self._sweeper = self._loop.call_later(interval, self._sweep)  # type: ignore[union-attr]
+
+    def _sweep(self) -> None:
+        """Drop TLS handshakes past their deadline; reschedules itself while any are left.
+
+        A handshake times out between `handshake_timeout` and that plus the sweep interval
+        (a quarter of the timeout, at most 1 s).
+        """
+        self._sweeper = None
+        if not self._handshakes:
+            return
+        now = self._loop.time()  # type: ignore[union-attr]
+        for conn in [c for c in self._handshakes if c._deadline <= now]:
+            if conn._state == _HANDSHAKING:
+                conn._timeout_handshake()
+        if self._handshakes:
+            self._schedule_sweep()
 
     # -- called by connections ---------------------------------------------------------------
 
