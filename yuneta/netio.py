@@ -164,6 +164,9 @@ class EchoHandler(Handler):
         conn.write(data)
 
 
+# Non-blocking per call; where the flag does not exist, sockets are made non-blocking instead.
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_monotonic = time.monotonic  # handshake deadlines and their sweep
 _READ, _WRITE = 1, 4  # select.EPOLLIN, select.EPOLLOUT (also used by the fallback poller)
 
 
@@ -192,6 +195,11 @@ class _EpollPoller:
     def unregister(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
             self._ep.unregister(fd)
+
+    def forget(self, fd: int) -> None:
+        """`fd` is about to be closed: closing removes it from the epoll, saving a syscall
+        (our sockets are never dup'ed, so the close really releases the description)."""
+        self._callbacks.pop(fd, None)
 
     def _dispatch(self) -> None:
         callbacks = self._callbacks
@@ -233,6 +241,8 @@ class _LoopPoller:
         if fd in self._events:
             self.modify(fd, 0)
             del self._events[fd], self._callbacks[fd]
+
+    forget = unregister
 
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
@@ -396,15 +406,21 @@ class Connection:
             return
         server.handshaking += 1
         try:
-            self._in = ssl.MemoryBIO()
-            self._out = ssl.MemoryBIO()
+            self._in = incoming = ssl.MemoryBIO()
+            self._out = outgoing = ssl.MemoryBIO()
             # The context current *now*: a later reload does not touch this session.
-            self._sslobj = _wrap_server_bio(provider(), self._in, self._out)
+            ctx = provider()
+            if ctx.sslobject_class is ssl.SSLObject:
+                # What ctx.wrap_bio() builds inside its ssl.SSLObject; we keep the C object
+                # itself (same methods), sparing a Python wrapper call on every operation.
+                self._sslobj = ctx._wrap_bio(incoming, outgoing, server_side=True)
+            else:
+                self._sslobj = ctx.wrap_bio(incoming, outgoing, server_side=True)._sslobj
         except Exception as exc:  # a broken provider must not kill the accept loop
             self._fail_handshake(f"no TLS context: {exc}")
             return
         # One periodic sweep per server enforces the deadline: no timer per connection.
-        self._deadline = server._loop.time() + server.handshake_timeout  # type: ignore[union-attr]
+        self._deadline = _monotonic() + server.handshake_timeout
         server._handshakes.add(self)
         if server._sweeper is None:
             server._schedule_sweep()
@@ -432,7 +448,7 @@ class Connection:
     def _on_readable(self) -> None:
         server = self._server
         try:
-            nbytes = self._sock.recv_into(server._rbuf)  # type: ignore[union-attr]
+            nbytes = self._sock.recv_into(server._rbuf, 0, _DONTWAIT)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -461,7 +477,9 @@ class Connection:
             try:
                 sslobj.do_handshake()
             except ssl.SSLWantReadError:
-                self._flush()
+                out = self._out
+                if out.pending:  # type: ignore[union-attr]
+                    self._send(out.read())  # type: ignore[union-attr]
                 return
             except ssl.SSLError as exc:
                 self._flush()  # the alert tells the client why
@@ -482,7 +500,7 @@ class Connection:
         if buf is None or sock is None:
             return
         try:
-            n = sock.send(buf)
+            n = sock.send(buf, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -513,7 +531,7 @@ class Connection:
                 self._server._poller.modify(self._fd, _WRITE)
             return
         try:
-            n = self._sock.send(data)  # type: ignore[union-attr]
+            n = self._sock.send(data, _DONTWAIT)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError as exc:
@@ -614,7 +632,7 @@ class Connection:
         self._reading = False
         self._wbuf = None
         server = self._server
-        server._poller.unregister(self._fd)
+        server._poller.forget(self._fd)
         sock.close()
         state = self._state
         self._state = _CLOSED
@@ -632,19 +650,6 @@ class Connection:
                 if server.on_connection_close is not None:
                     server.on_connection_close(self, exc)
         self._handler = None
-
-
-def _wrap_server_bio(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> Any:
-    """Server-side SSL object over two memory BIOs.
-
-    This is what `ctx.wrap_bio()` builds inside its `ssl.SSLObject`; we keep the C object
-    itself (same methods: do_handshake, read, write, pending, shutdown, version, cipher,
-    getpeercert, context), sparing a Python wrapper call on every operation. Contexts that
-    customise `sslobject_class` get the public path.
-    """
-    if type(ctx).sslobject_class is ssl.SSLObject:
-        return ctx._wrap_bio(incoming, outgoing, server_side=True)
-    return ctx.wrap_bio(incoming, outgoing, server_side=True)._sslobj
 
 
 def _networks(items: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -815,7 +820,11 @@ class TcpServer:
                 return
             sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
             try:
-                sock.setblocking(False)
+                # The descriptor stays in blocking mode: every recv/send passes MSG_DONTWAIT
+                # (one syscall less per connection than setting O_NONBLOCK). A socket born
+                # with a timeout (socket.setdefaulttimeout) would wait in poll(): no timeout.
+                if _DONTWAIT == 0 or sock.gettimeout() is not None:
+                    sock.setblocking(False)
                 if family != socket.AF_UNIX:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -845,7 +854,7 @@ class TcpServer:
         self._sweeper = None
         if not self._handshakes:
             return
-        now = self._loop.time()  # type: ignore[union-attr]
+        now = _monotonic()
         for conn in [c for c in self._handshakes if c._deadline <= now]:
             if conn._state == _HANDSHAKING:
                 conn._timeout_handshake()
