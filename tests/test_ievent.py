@@ -406,6 +406,16 @@ def test_build_command_answer_normalizes_the_envelope():
     assert kw["schema"] is None and kw["data"] is None
 
 
+@pytest.mark.parametrize("result, comment", [(0, ""), (1, ""), (3, ""), (-1, "(see log)"),
+                                             (-7, "(see log)")])
+def test_only_a_negative_result_without_comment_says_see_log(result, comment):
+    # Failure is a negative result, as yuneta.command.envelope; a positive result is a success.
+    assert ievent.build_response_envelope(result)["comment"] == comment
+    kw = ievent.build_command_answer({"result": result, "comment": ""}, {},
+                                     ievent.md_yuno("r", "role", "name", "id"))
+    assert kw["result"] == result and kw["comment"] == comment
+
+
 # ---------------------------------------------------------------------------
 #   Client session
 # ---------------------------------------------------------------------------

@@ -379,7 +379,7 @@ def build_identity_card_ack(result: int, comment: str, card_kw: Mapping[str, Any
     gate = card_gate(card_kw) or Gate()
     ack: dict[str, Any] = {
         "result": int(result),
-        "comment": comment if comment or result == 0 else "(see log)",
+        "comment": comment if comment or result >= 0 else "(see log)",
         "username": gate.user or _str(card_kw.get("username")),
         "dst_service": gate.dst_service,
         "services_roles": {gate.dst_service: []} if result >= 0 else {},
@@ -416,8 +416,9 @@ def build_command(command_line: str, kw: Mapping[str, Any] | None, gate: Gate | 
 
 def build_response_envelope(result: int, comment: str = "", schema: Any = None,
                             data: Any = None) -> dict[str, Any]:
-    """The ``{result, comment, schema, data}`` envelope; a failure without comment says why not."""
-    if result != 0 and not comment:
+    """The ``{result, comment, schema, data}`` envelope; a failure (negative result) without
+    comment says "(see log)", as `yuneta.command.envelope`; a positive result is not a failure."""
+    if result < 0 and not comment:
         comment = "(see log)"
     return {"result": int(result), "comment": comment, "schema": schema, "data": data}
 
