@@ -451,8 +451,8 @@ class Connection:
             nbytes = self._sock.recv_into(server._rbuf, 0, _DONTWAIT)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._force_close(exc)
+        except OSError as exc:  # e.g. reset by the peer: nothing left to send anyway
+            self._lost(exc)  # now, no extra callback (no user code is on the stack here)
             return
         if not nbytes:  # EOF: the peer is gone; finish sending what we have, then close
             if self._state == _HANDSHAKING:
@@ -771,7 +771,7 @@ class TcpServer:
                 sock.close()
             raise
         for sock in socks:
-            self._poller.register(sock.fileno(), _READ, functools.partial(self._on_accept, sock))
+            self._poller.register(sock.fileno(), _READ, functools.partial(self._on_accept, sock, int(sock.family)))
         self._socks = socks
         self.port = socks[0].getsockname()[1]
         self.ioloop._servers.add(self)
@@ -802,9 +802,8 @@ class TcpServer:
                 self._poller.unregister(sock.fileno())
             sock.close()
 
-    def _on_accept(self, lsock: socket.socket, events: int) -> None:
+    def _on_accept(self, lsock: socket.socket, family: int, events: int) -> None:
         # Our own accept: a bare socket object and a Connection, no transport, task or future.
-        family = lsock.family
         for _ in range(_ACCEPT_BATCH):
             try:
                 fd, addr = lsock._accept()  # type: ignore[attr-defined]
@@ -839,7 +838,7 @@ class TcpServer:
     def _resume_accept(self, lsock: socket.socket) -> None:
         if lsock.fileno() in self._accept_paused:
             self._accept_paused.discard(lsock.fileno())
-            self._poller.register(lsock.fileno(), _READ, functools.partial(self._on_accept, lsock))
+            self._poller.register(lsock.fileno(), _READ, functools.partial(self._on_accept, lsock, int(lsock.family)))
 
     def _schedule_sweep(self) -> None:
         interval = min(1.0, max(0.05, self.handshake_timeout / 4))
