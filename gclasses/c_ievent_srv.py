@@ -59,18 +59,22 @@ def _is_loopback(host: str) -> bool:
 class CIEventSrv(TlsListener, GObj):
     GCLASS = GCLASS
 
-    def mt_create(self) -> None:
+    @classmethod
+    def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
         try:
-            _scheme, host, port, use_ssl = parse_url(self.attrs["url"], ("ws", "wss"))
+            _scheme, host, _port, use_ssl = parse_url(attrs["url"], ("ws", "wss"))
         except ValueError as exc:
-            raise AttrError(self.gclass.name, "url", str(exc)) from None
+            raise AttrError(GCLASS.name, "url", str(exc)) from None
         if not _is_loopback(host):
             if not use_ssl:
-                raise AttrError(self.gclass.name, "url",
-                                f"{self.attrs['url']}: a non-loopback address needs wss:// (TLS) and auth_tokens")
-            if not self.attrs["auth_tokens"]:
-                raise AttrError(self.gclass.name, "auth_tokens",
-                                f"{self.attrs['url']}: a non-loopback address needs at least one token")
+                raise AttrError(GCLASS.name, "url",
+                                f"{attrs['url']}: a non-loopback address needs wss:// (TLS) and auth_tokens")
+            if not attrs["auth_tokens"]:
+                raise AttrError(GCLASS.name, "auth_tokens",
+                                f"{attrs['url']}: a non-loopback address needs at least one token")
+
+    def mt_create(self) -> None:
+        _scheme, host, port, use_ssl = parse_url(self.attrs["url"], ("ws", "wss"))
         self.attrs.update(lHost=host, lPort=port, use_ssl=use_ssl)
         # The tokens are secrets: keep them out of the attribute table (view-gobj-tree and
         # read_attr show any attribute asked for by name), leaving only placeholders.

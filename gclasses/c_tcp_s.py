@@ -68,12 +68,17 @@ def find_protocol(name: str) -> Callable[[], Handler]:
 class CTcpS(TlsListener, GObj):
     GCLASS = GCLASS
 
+    @classmethod
+    def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
+        for name, check in (("url", lambda: parse_url(attrs["url"], SCHEMES)),
+                            ("protocol", lambda: find_protocol(attrs["protocol"]))):
+            try:
+                check()
+            except ValueError as exc:
+                raise AttrError(GCLASS.name, name, str(exc)) from None
+
     def mt_create(self) -> None:
-        try:
-            _scheme, host, port, use_ssl = parse_url(self.attrs["url"], SCHEMES)
-            find_protocol(self.attrs["protocol"])
-        except ValueError as exc:
-            raise AttrError(self.gclass.name, "url", str(exc)) from None
+        _scheme, host, port, use_ssl = parse_url(self.attrs["url"], SCHEMES)
         self.attrs.update(use_ssl=use_ssl, lHost=host, lPort=port)
         self.ytls = None
         self.server: TcpServer | None = None

@@ -12,6 +12,7 @@ from kernel_helpers import wait_for
 
 from yuneta.config import load_config
 from yuneta.runtime import YunoRuntime
+from yuneta.ytls import TlsError
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +173,27 @@ def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tm
     assert [r["error"] for r in refused] == list(comments.values())
     assert all(r["gobj"] == "C_YUNO^t1`C_TCP_S^echo_tls" and r["level"] == "error" for r in refused)
     live.close()
+
+
+def test_a_listener_that_fails_to_start_is_not_running(tmp_path, ca):
+    good = ca.issue(tmp_path / "g", "good")
+    config = load_config([], extra=[{
+        "environment": {"work_dir": str(tmp_path / "work")},
+        "yuno": {"yuno_role": "echo_tls", "yuno_name": "t1"},
+        "services": [{"name": "broken", "gclass": "C_TCP_S", "as_service": True, "kw": {
+            "url": "tcps://127.0.0.1:0",
+            "crypto": {**good.crypto(), "ssl_certificate": str(tmp_path / "missing.crt")}}}],
+    }])
+    rt = YunoRuntime(config)
+    rt.build()
+    try:
+        with pytest.raises(TlsError, match="missing.crt: file not found"):
+            rt.start()
+        listener = rt.find_service("broken")
+        assert listener.running is False
+        assert rt.root.command("reload-certs")["data"]["reloaded"] == 0  # not counted as a TLS listener
+    finally:
+        rt.shutdown()
 
 
 def test_plain_listener_refuses_cert_commands(tmp_path, yunos):

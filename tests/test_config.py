@@ -71,6 +71,16 @@ BAD_CASES = [
     ("unknown variable", {"yuno": {"yuno_name": "(^^nope^^)"}}, "yuno.yuno_name", "unknown config variable 'nope'"),
     ("bad yuno attribute", {"yuno": {"cert_warn_days": "soon"}}, "yuno.cert_warn_days", "expected int"),
     ("bad global target", {"global": {"nobody.attr": 1}}, "global.nobody.attr", "neither a gclass nor a gobj"),
+    ("number for a string", {"yuno": {"yuno_name": 5}}, "yuno.yuno_name", "expected str, got int 5"),
+    ("bool for an int", {"yuno": {"timeout_cert_check": True}}, "yuno.timeout_cert_check", "expected int, got bool True"),
+    ("string for a bool", {"services": [{"name": "a", "gclass": "T_LAMP", "kw": {"owner": "o", "refuse_writes": "yes"}}]},
+     "services[0].kw.refuse_writes", "expected bool, got str 'yes'"),
+    ("string for a list", {"services": [{"name": "a", "gclass": "T_COLLECTOR", "kw": {"received": "[]"}}]},
+     "services[0].kw.received", "expected list, got str"),
+    ("listener url without port", {"services": [{"name": "l", "gclass": "C_TCP_S", "kw": {"url": "tcps://127.0.0.1"}}]},
+     "services[0].kw.url", "a port is required"),
+    ("plain control port off loopback", {"services": [{"name": "s", "gclass": "C_IEVENT_SRV", "kw": {"url": "ws://0.0.0.0:1991"}}]},
+     "services[0].kw.url", "non-loopback address needs wss://"),
     ("bad flag", {"services": [{"name": "a", "gclass": "T_COLLECTOR", "autostart": "yes"}]}, "services[0].autostart", "true or false"),
 ]
 
@@ -106,5 +116,5 @@ def test_yuneta_run_with_a_bad_config_prints_one_clear_line_and_starts_nothing(t
         capture_output=True, text=True, timeout=60, env=subprocess_env,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"config error: {bad}: services[0].kw.brightness: T_LAMP: attribute 'brightness': expected int, got 'hi'"
+    assert proc.stderr.strip() == f"config error: {bad}: services[0].kw.brightness: T_LAMP: attribute 'brightness': expected int, got str 'hi'"
     assert not store.exists()  # nothing started, nothing written

@@ -8,7 +8,7 @@ import pytest
 from kernel_helpers import TLamp, wait_for
 
 from yuneta.config import load_config
-from yuneta.errors import AttrError
+from yuneta.errors import AttrError, ConfigError
 from yuneta.gobj import create_gobj
 from yuneta.runtime import YunoRuntime
 
@@ -232,6 +232,18 @@ def test_persistent_attrs_survive_a_new_runtime(tmp_path):
         rt2.shutdown()
 
 
+def test_corrupt_persistent_store_stops_the_start_naming_the_file(tmp_path):
+    rt = _runtime(THREE_LEVELS, tmp_path)
+    rt.start()
+    rt.find_gobj("beta").write_attr("brightness", 61)
+    store = rt.persist_file
+    rt.shutdown()
+    store.write_text(store.read_text()[:-10])  # a torn file (never by us: writes are atomic)
+    with pytest.raises(ConfigError) as err:
+        _runtime(THREE_LEVELS, tmp_path)
+    assert err.value.file == str(store) and "unreadable" in err.value.problem
+
+
 TIMER_TREE = [
     {
         "name": "collector",
@@ -272,12 +284,12 @@ def test_one_shot_timer_restart_and_stop(tmp_path):
         timer.set_timeout(30)
         wait_for(lambda: received)
         assert received[0][0] == "EV_TIMEOUT" and timer.state == "ST_STOPPED"
-        timer.set_timeout(5000)
+        timer.set_timeout(300)
         timer.set_timeout(20)  # restart: only the new deadline counts
         wait_for(lambda: len(received) == 2)
         timer.set_timeout(50)
         timer.clear_timeout()
-        time.sleep(0.2)
+        time.sleep(0.6)  # past both abandoned deadlines (300 ms and 50 ms)
         assert len(received) == 2 and timer.state == "ST_STOPPED"
     finally:
         rt.shutdown()

@@ -227,8 +227,12 @@ def _globals_for(global_kw: dict[str, Any], gclass: str, name: str) -> dict[str,
 
 
 def _check_kw(gdef: GClassDef, kw: dict, path: Path, fail: Any) -> dict:
+    """Types by the attribute table, then the gclass's own checks (`mt_check_kw`)."""
     try:
-        return gdef.validate_kw(kw)
+        checked = gdef.validate_kw(kw)
+        defaults = {a.name: a.default for a in gdef.attrs}
+        find_gclass(gdef.name).mt_check_kw({**defaults, **checked})
+        return checked
     except Exception as exc:
         attr = getattr(exc, "attr", None)
         raise fail((*path, attr) if attr else path, str(exc)) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +47,19 @@ _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 
-def coerce(type_: str, value: Any) -> Any:
+def coerce(type_: str, value: Any, strict: bool = False) -> Any:
     """Return `value` as `type_`, converting strings from a command line.
 
-    Raises ValueError naming the expected type when the value does not fit.
+    `strict` (configs, persisted values: already JSON-typed) converts nothing but an int
+    to a real. Raises ValueError naming the expected type when the value does not fit.
     """
     if type_ not in TYPES:
         raise ValueError(f"unknown type '{type_}'")
+    if strict:
+        ok = isinstance(value, TYPES[type_]) and not (isinstance(value, bool) and type_ in ("int", "real"))
+        if not ok:
+            raise ValueError(f"expected {type_}, got {type(value).__name__} {_short(value)}")
+        return float(value) if type_ == "real" else value
     if type_ == "bool":
         if isinstance(value, bool):
             return value
@@ -103,6 +108,11 @@ def coerce(type_: str, value: Any) -> Any:
             raise ValueError(f"expected {type_}, got {type(value).__name__}")
         return value
     raise ValueError(f"unknown type '{type_}'")  # pragma: no cover - TYPES is closed
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
@@ -194,15 +204,16 @@ class GClassDef:
                 return r
         return None
 
-    def validate_kw(self, kw: dict[str, Any]) -> dict[str, Any]:
-        """Return `kw` coerced to the attribute table; raise AttrError naming attr and gclass."""
+    def validate_kw(self, kw: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+        """Return `kw` checked against the attribute table (types strict unless told);
+        raise AttrError naming attribute and gclass."""
         out: dict[str, Any] = {}
         for key, value in kw.items():
             attr = self.attr_index.get(key)
             if attr is None:
                 raise AttrError(self.name, key, "unknown attribute")
             try:
-                out[key] = coerce(attr.type, value)
+                out[key] = coerce(attr.type, value, strict)
             except ValueError as exc:
                 raise AttrError(self.name, key, str(exc)) from None
         return out
@@ -236,22 +247,9 @@ def find_gclass(name: str) -> type[GObj]:
         raise GClassError(f"unknown gclass '{name}'") from None
 
 
-def gclass_names() -> list[str]:
-    _load_builtin_gclasses()
-    return sorted(_registry)
-
-
 def _load_builtin_gclasses() -> None:
     # The gclasses package registers its classes on import; importing it lazily keeps
     # the kernel free of a hard dependency on the product's gclasses.
     import importlib
 
     importlib.import_module("gclasses")
-
-
-def iter_rows(gdef: GClassDef) -> Iterable[tuple[str, str, str | None, str | None]]:
-    """Every FSM row as (state, event, action, next_state)."""
-    for state, rows in gdef.states.items():
-        for event, action, next_state in rows:
-            yield state, event, action, next_state
-

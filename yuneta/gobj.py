@@ -21,6 +21,7 @@ action or command is logged with the gobj's full name; the actor keeps running.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -138,6 +139,7 @@ class GObj:
         for a in gdef.attrs:
             if Flag.REQUIRED in a.flags and self.attrs.get(a.name) in (None, "", [], {}):
                 raise AttrError(gdef.name, a.name, f"required by gobj '{name}' but not given")
+        type(self).mt_check_kw(self.attrs)
         self.running = False
         self.playing = False
         self.destroyed = False
@@ -349,8 +351,8 @@ class GObj:
 
     def _start(self) -> None:
         if not self.running:
-            self.running = True
             self.mt_start()
+            self.running = True  # only once mt_start succeeded: a failed start is not running
 
     def stop(self) -> None:
         self._call(self._stop)
@@ -415,6 +417,12 @@ class GObj:
         else:
             self._actor.stop(block=False)
 
+    @classmethod
+    def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
+        """Check a whole set of attribute values (defaults included) beyond their types, e.g.
+        that a URL parses; raise AttrError. Runs when a config is loaded, before anything
+        starts, and again at creation."""
+
     # Overridable hooks, all run on the gobj's thread.
     def mt_create(self) -> None:
         """Called once after creation, before any event."""
@@ -444,13 +452,23 @@ class GObj:
 
     # ----- commands ------------------------------------------------------------------
 
-    def command(self, line: str, kw: dict | None = None, src: GObj | None = None) -> dict:
+    def command(
+        self, line: str, kw: dict | None = None, src: GObj | None = None, timeout: float = ASK_TIMEOUT
+    ) -> dict:
         """Run a command line (`cmd key=value ...`) plus typed `kw`; return its envelope.
 
-        Never raises: every failure is an envelope with a negative result.
+        A handler that must wait (for other processes, the network) returns a
+        `concurrent.futures.Future` of its envelope instead, which frees its actor at once;
+        the caller waits here, at most `timeout` seconds. Never raises: every failure is
+        an envelope with a negative result.
         """
         try:
-            return self._call(self._command, line, dict(kw or {}), src)
+            answer = self._call(self._command, line, dict(kw or {}), src)
+            if isinstance(answer, concurrent.futures.Future):
+                answer = _normalize(answer.result(timeout))
+            return answer
+        except concurrent.futures.TimeoutError:
+            return envelope(-1, f"{self.name}: no answer within {timeout:g} s")
         except Exception as exc:
             return error_envelope(exc)
 
@@ -458,7 +476,7 @@ class GObj:
         key = name.lower()
         return self.gclass.command_index.get(key) or _BUILTIN_INDEX.get(key)
 
-    def _command(self, line: str, kw: dict, src: GObj | None) -> dict:
+    def _command(self, line: str, kw: dict, src: GObj | None) -> dict | concurrent.futures.Future:
         try:
             name, positional, pairs = split_command(line)
             cmd = self.find_command(name)
@@ -470,18 +488,11 @@ class GObj:
         except CommandError as exc:
             return error_envelope(exc)
         except Exception as exc:
-            self.log_error("command failed", command=line, error=repr(exc), exc_info=True)
+            self.log_error("command failed", command=line.split(" ", 1)[0], error=repr(exc), exc_info=True)
             return error_envelope(exc)
-        if answer is None:
-            return envelope(0)
-        if isinstance(answer, dict) and "result" in answer:
-            answer.setdefault("comment", "")
-            answer.setdefault("schema", None)
-            answer.setdefault("data", None)
-            if answer["result"] < 0 and not answer["comment"]:
-                answer["comment"] = "(see log)"
+        if isinstance(answer, concurrent.futures.Future):
             return answer
-        return envelope(0, "", None, answer)
+        return _normalize(answer)
 
     def cmd_help(self, cmd: str, kw: dict, src: GObj | None) -> dict:
         rows = []
@@ -555,6 +566,21 @@ class GObj:
 
     def __repr__(self) -> str:
         return f"<{self.full_name} {self.state}>"
+
+
+def _normalize(answer: Any) -> dict:
+    """Any handler result as an envelope: None is success, a dict with `result` is completed,
+    anything else becomes the data of a success."""
+    if answer is None:
+        return envelope(0)
+    if isinstance(answer, dict) and "result" in answer:
+        answer.setdefault("comment", "")
+        answer.setdefault("schema", None)
+        answer.setdefault("data", None)
+        if answer["result"] < 0 and not answer["comment"]:
+            answer["comment"] = "(see log)"
+        return answer
+    return envelope(0, "", None, answer)
 
 
 def _copy_default(value: Any) -> Any:

@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             if key not in _RESERVED and key not in out and not key.startswith("_"):
                 out[key] = _redact(value)
         if record.exc_info and record.exc_info[0] is not None:
-            out["traceback"] = self.formatException(record.exc_info)
+            out["traceback"] = _redact(self.formatException(record.exc_info))
         return json.dumps(out, default=str, separators=(",", ":"))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from yuneta.config import ServiceNode, YunoConfig
-from yuneta.errors import YunetaError
+from yuneta.errors import ConfigError, YunetaError
 from yuneta.gclass import coerce
 from yuneta.gobj import GObj, create_gobj
 from yuneta.log import log, setup_logging
@@ -136,13 +136,23 @@ class YunoRuntime:
         name = self.config.yuno.get("yuno_name", "") or role
         return self.store_dir / f"{role}^{name}" / "persistent-attrs.json"
 
+    def _persisted(self) -> dict[str, dict[str, Any]]:
+        """The store's content, read once. A corrupt store stops the start with its name:
+        starting on defaults would silently drop what the operator had set."""
+        if self._persist_cache is None:
+            try:
+                data = read_json(self.persist_file, {})
+            except (ValueError, OSError) as exc:
+                raise ConfigError(str(self.persist_file), "", f"persistent attributes unreadable: {exc}") from None
+            if not isinstance(data, dict):
+                raise ConfigError(str(self.persist_file), "", "persistent attributes must be an object")
+            self._persist_cache = data
+        return self._persist_cache
+
     def load_persistent(self, gobj: GObj) -> dict[str, Any]:
         """The saved PERSIST attributes of `gobj`, coerced to their types (bad ones logged)."""
         with self._lock:
-            if self._persist_cache is None:
-                data = read_json(self.persist_file, {})
-                self._persist_cache = data if isinstance(data, dict) else {}
-            saved = self._persist_cache.get(gobj.full_name, {})
+            saved = self._persisted().get(gobj.full_name, {})
         out: dict[str, Any] = {}
         for name, value in saved.items():
             attr = gobj.gclass.attr_index.get(name)
@@ -150,7 +160,7 @@ class YunoRuntime:
                 log("warning", gobj.full_name, "persisted attribute unknown, ignored", attr=name)
                 continue
             try:
-                out[name] = coerce(attr.type, value)
+                out[name] = coerce(attr.type, value, strict=True)
             except ValueError as exc:
                 log("warning", gobj.full_name, "persisted attribute bad, ignored", attr=name, error=str(exc))
         return out
@@ -158,11 +168,9 @@ class YunoRuntime:
     def save_persistent(self, gobj: GObj) -> None:
         """Write `gobj`'s PERSIST attributes to the store (atomic rename)."""
         with self._lock:
-            if self._persist_cache is None:
-                data = read_json(self.persist_file, {})
-                self._persist_cache = data if isinstance(data, dict) else {}
-            self._persist_cache[gobj.full_name] = gobj.persistent_attrs()
-            write_json_atomic(self.persist_file, self._persist_cache)
+            store = self._persisted()
+            store[gobj.full_name] = gobj.persistent_attrs()
+            write_json_atomic(self.persist_file, store)
         log("info", gobj.full_name, "persistent attributes saved", file=str(self.persist_file))
 
     # ----- I/O loop -----------------------------------------------------------------
