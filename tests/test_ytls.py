@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
 import re
 import ssl
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from certs import TestCA
+import trustme
+from certs import TestCA, serial_of_peer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from yuneta.ytls import (
     KeyMismatchError,
     TlsError,
+    TlsSettingError,
     Ytls,
+    _set_verify_depth,
     build_server_context,
+    build_server_context_with_info,
 )
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -256,3 +264,139 @@ def test_fingerprint_matches_cryptography(ca: TestCA, tmp_path: Path) -> None:
     expected = issued.cert.fingerprint(hashes.SHA256()).hex(":").upper()
     assert Ytls(issued.crypto()).cert_info()["fingerprint_sha256"] == expected
     assert isinstance(issued.cert, x509.Certificate)
+
+
+# ---------------------------------------------------------------------------
+# The context holds exactly what was validated
+# ---------------------------------------------------------------------------
+
+_audit_listener: list[Any] = []  # the one process-wide audit hook forwards here while set
+
+
+def _audit(event: str, args: tuple) -> None:
+    for listener in list(_audit_listener):
+        listener(event, args)
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: install once, forward on demand
+
+
+def _handshake_serial(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str:
+    """A full TLS handshake over memory BIOs; the serial of the certificate the server sent."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {client: False, server: False}
+    for _ in range(20):
+        for side in (client, server):
+            if not done[side]:
+                try:
+                    side.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return serial_of_peer(client)
+    raise AssertionError("handshake did not complete")
+
+
+def test_context_serves_the_validated_bytes_even_if_the_files_change_meanwhile(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    # certbot updates its links one at a time: here the certificate file is replaced by
+    # another one at the very moment the key is being read (after the certificate was read).
+    # What was validated (a's certificate and a's key) must be what the context serves.
+    a, b = ca.issue(tmp_path / "a", "a"), ca.issue(tmp_path / "b", "b")
+    key_path, cert_path = str(a.key_path), a.cert_path
+    swapped: list[str] = []
+
+    def swap_certificate_when_the_key_is_opened(event: str, args: tuple) -> None:
+        if event == "open" and str(args[0]) == key_path and not swapped:
+            swapped.append(key_path)
+            cert_path.write_bytes(b.cert_path.read_bytes())
+
+    _audit_listener.append(swap_certificate_when_the_key_is_opened)
+    try:
+        ytls = Ytls(a.crypto())
+    finally:
+        _audit_listener.clear()
+    assert swapped and cert_path.read_bytes() == b.cert_path.read_bytes()
+    assert ytls.cert_info()["serial"] == a.serial
+    assert _handshake_serial(ytls.context, ca.client_context()) == a.serial
+    # The next build reads the files as they are now: b's certificate with a's key.
+    with pytest.raises(KeyMismatchError):
+        ytls.reload()
+    assert _handshake_serial(ytls.context, ca.client_context()) == a.serial
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_building_a_context_writes_no_file(ca: TestCA, tmp_path: Path) -> None:
+    issued = ca.issue(tmp_path / "certs", "srv")
+    ca_file = ca.write_ca(tmp_path / "certs" / "ca.pem")
+    crypto = issued.crypto(ssl_trusted_certificate=str(ca_file))
+    client_ctx = ca.client_cert_context(tmp_path / "client")
+    key_body = issued.key_path.read_bytes().splitlines()[1]
+    tmp_dir = Path(tempfile.gettempdir())
+    cert_dir_before, tmp_before = _tree(tmp_path), set(os.listdir(tmp_dir))
+    events: list[tuple[str, tuple]] = []
+
+    def record(event: str, args: tuple) -> None:
+        if event.startswith("tempfile.") or (
+            event == "open" and isinstance(args[1], str) and set(args[1]) & set("wax+")
+        ):
+            events.append((event, args))
+
+    _audit_listener.append(record)
+    try:
+        ctx, info = build_server_context_with_info(crypto)
+    finally:
+        _audit_listener.clear()
+
+    assert events == []
+    assert _tree(tmp_path) == cert_dir_before
+    # /tmp is shared with other processes: none of its new files may hold our key.
+    for name in set(os.listdir(tmp_dir)) - tmp_before:
+        with contextlib.suppress(OSError):
+            assert key_body not in (tmp_dir / name).read_bytes()
+    assert _handshake_serial(ctx, client_ctx) == info.serial == issued.serial
+
+
+# ---------------------------------------------------------------------------
+# ssl_verify_depth (written through ctypes: only when configured, only when safe)
+# ---------------------------------------------------------------------------
+
+
+def _client_with_intermediate_handshake(ca: TestCA, tmp_path: Path, depth: int) -> None:
+    """mTLS with a client leaf signed by an intermediate CA (one untrusted CA in its chain)."""
+    client_root = trustme.CA()
+    client_leaf = client_root.create_child_ca().issue_cert("client.test")
+    tmp_path.mkdir()
+    ca_file = tmp_path / "client-root.pem"
+    client_root.cert_pem.write_to_path(str(ca_file))
+    ctx = build_server_context(ca.issue(tmp_path, "srv").crypto(
+        ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth))
+    client_ctx = ca.client_context()
+    client_leaf.configure_cert(client_ctx)  # leaf + intermediate
+    _handshake_serial(ctx, client_ctx)
+
+
+def test_verify_depth_really_limits_the_client_chain(ca: TestCA, tmp_path: Path) -> None:
+    # OpenSSL counts the untrusted CAs above the leaf: the intermediate needs depth 1.
+    _client_with_intermediate_handshake(ca, tmp_path / "one", depth=1)
+    with pytest.raises(ssl.SSLError):
+        _client_with_intermediate_handshake(ca, tmp_path / "zero", depth=0)
+
+
+def test_verify_depth_is_refused_when_the_context_does_not_look_fresh(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    # The pointer check expects OpenSSL's unset depth; a context whose depth was already
+    # written no longer passes it, so nothing is written blindly.
+    ctx = build_server_context(ca.issue(tmp_path, "srv").crypto(ssl_verify_depth=3))
+    with pytest.raises(TlsSettingError, match="ssl_verify_depth: cannot be applied safely"):
+        _set_verify_depth(ctx, 5)

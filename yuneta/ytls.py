@@ -3,7 +3,9 @@
 `build_server_context` turns a listener's `crypto` dict into a brand-new `ssl.SSLContext`
 after checking every file with `cryptography` first, so a bad certificate yields a precise
 operator-facing `TlsError` (naming the crypto key, the file and the problem, never any key
-material) instead of a half-configured live context. `Ytls` owns the current context of one
+material) instead of a half-configured live context. Each file is read once: the context is
+loaded from exactly the bytes that were validated (through anonymous memory files, so the key
+never touches disk), not by re-reading paths that certbot may be swapping meanwhile. `Ytls` owns the current context of one
 listener: `reload()` builds and validates a fresh one and swaps a single reference, so new
 sessions get the new certificate while live sessions keep the context their `SSLObject` was
 wrapped from; an old context is freed when its last session ends. Threading: `Ytls` is safe to
@@ -19,6 +21,7 @@ import math
 import os
 import ssl
 import stat
+import sys
 import threading
 import time
 import weakref
@@ -170,7 +173,7 @@ def _not_pem_reason(data: bytes, what: str) -> str:
     return f"not a PEM {what} (garbage)"
 
 
-def _load_certs(key: str, path: str) -> list[x509.Certificate]:
+def _load_certs(key: str, path: str) -> tuple[bytes, list[x509.Certificate]]:
     data = _read_file(key, path)
     if b"-----BEGIN" not in data:
         raise CertificateFileError(key, path, _not_pem_reason(data, "certificate"))
@@ -184,17 +187,17 @@ def _load_certs(key: str, path: str) -> list[x509.Certificate]:
         raise CertificateFileError(key, path, "truncated/garbage PEM") from None
     if not certs:
         raise CertificateFileError(key, path, "truncated/garbage PEM")
-    return certs
+    return data, certs
 
 
-def _load_key(key: str, path: str) -> Any:
+def _load_key(key: str, path: str) -> tuple[bytes, Any]:
     data = _read_file(key, path)
     if b"-----BEGIN" not in data:
         raise CertificateFileError(key, path, _not_pem_reason(data, "private key"))
     if b"ENCRYPTED" in data.split(b"-----END", 1)[0]:
         raise CertificateFileError(key, path, "encrypted private key (no passphrase configured)")
     try:
-        return serialization.load_pem_private_key(data, password=None)
+        return data, serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise CertificateFileError(
             key, path, "encrypted private key (no passphrase configured)"
@@ -248,15 +251,57 @@ def _cert_info(certs: list[x509.Certificate]) -> CertInfo:
     )
 
 
+def _load_cert_chain_from_memory(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    # `load_cert_chain` only takes paths. Re-reading the configured paths would load whatever
+    # is on disk now (certbot swaps its links one at a time), not what was validated; a temp
+    # file would put the key on disk. An anonymous memory file (memfd, close-on-exec, never
+    # linked in any directory) opened through /proc/self/fd holds exactly the validated bytes.
+    fds: list[int] = []
+    try:
+        for name, data in (("yuneta-cert", cert_pem), ("yuneta-key", key_pem)):
+            fd = os.memfd_create(name)
+            fds.append(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+# Python's ssl has no verify-depth setter, so `_set_verify_depth` calls libssl through ctypes
+# with the SSL_CTX pointer read from CPython's private PySSLContext struct (its first field
+# after PyObject_HEAD, stable from CPython 3.7 to 3.13). RISK: if a CPython release reorders
+# that struct, the pointer is garbage and writing through it corrupts memory. So it is only
+# done when ssl_verify_depth is configured, on CPython, on a context we just created, and only
+# after two reads through the pointer agree with what the public API says: the options word
+# equals `ctx.options` and the verify depth is still OpenSSL's unset default (-1 in OpenSSL
+# 1.1 and 3.x; 100, the effective limit, in older builds). Anything else refuses the setting.
+_DEFAULT_VERIFY_DEPTHS = (-1, 100)
+
+
 def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
-    # Python's ssl exposes no verify-depth setter; the PySSLContext struct's first field after
-    # PyObject_HEAD is the SSL_CTX pointer, and libssl is already loaded by the _ssl module.
+    if sys.implementation.name != "cpython" or type(ctx) is not ssl.SSLContext:
+        raise TlsSettingError("ssl_verify_depth", None,
+                              "not supported on this Python (no verify-depth API)")
     libssl = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
-    set_depth = libssl.SSL_CTX_set_verify_depth
-    get_depth = libssl.SSL_CTX_get_verify_depth
-    set_depth.argtypes, set_depth.restype = [ctypes.c_void_p, ctypes.c_int], None
+    try:
+        get_options = libssl.SSL_CTX_get_options
+        get_depth = libssl.SSL_CTX_get_verify_depth
+        set_depth = libssl.SSL_CTX_set_verify_depth
+    except AttributeError:
+        raise TlsSettingError("ssl_verify_depth", None,
+                              "not supported by this OpenSSL build (no verify-depth API)") from None
+    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
     get_depth.argtypes, get_depth.restype = [ctypes.c_void_p], ctypes.c_int
+    set_depth.argtypes, set_depth.restype = [ctypes.c_void_p, ctypes.c_int], None
     ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if (not ssl_ctx or get_options(ssl_ctx) != int(ctx.options)
+            or get_depth(ssl_ctx) not in _DEFAULT_VERIFY_DEPTHS):
+        raise TlsSettingError("ssl_verify_depth", None,
+                              "cannot be applied safely on this Python build "
+                              "(unexpected SSLContext layout)")
     set_depth(ssl_ctx, depth)
     if get_depth(ssl_ctx) != depth:
         raise TlsSettingError("ssl_verify_depth", None, "could not be applied")
@@ -292,8 +337,8 @@ def build_server_context_with_info(crypto: Mapping[str, Any]) -> tuple[ssl.SSLCo
     if not key_path:
         raise TlsSettingError("ssl_certificate_key", None, "not configured")
 
-    certs = _load_certs("ssl_certificate", cert_path)
-    private_key = _load_key("ssl_certificate_key", key_path)
+    cert_pem, certs = _load_certs("ssl_certificate", cert_path)
+    key_pem, private_key = _load_key("ssl_certificate_key", key_path)
     if _spki(private_key.public_key()) != _spki(certs[0].public_key()):
         raise KeyMismatchError(
             "ssl_certificate_key",
@@ -317,7 +362,7 @@ def build_server_context_with_info(crypto: Mapping[str, Any]) -> tuple[ssl.SSLCo
     if _bool("ssl_disable_renegotiation", crypto.get("ssl_disable_renegotiation", True)):
         ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
-        ctx.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
+        _load_cert_chain_from_memory(ctx, cert_pem, key_pem)
     except (ssl.SSLError, OSError) as exc:
         raise CertificateFileError(
             "ssl_certificate", os.fspath(cert_path), f"chain does not load ({exc.__class__.__name__})"
@@ -330,9 +375,11 @@ def build_server_context_with_info(crypto: Mapping[str, Any]) -> tuple[ssl.SSLCo
             "ssl_verify_mode", None, f"unknown mode {mode_name!r} (none, optional, required)"
         )
     if trusted:
-        _load_certs("ssl_trusted_certificate", trusted)
+        _, ca_certs = _load_certs("ssl_trusted_certificate", trusted)
+        # The very certificates validated above, as DER (cadata bytes), not the path again.
+        ca_der = b"".join(c.public_bytes(serialization.Encoding.DER) for c in ca_certs)
         try:
-            ctx.load_verify_locations(cafile=os.fspath(trusted))
+            ctx.load_verify_locations(cadata=ca_der)
         except (ssl.SSLError, OSError) as exc:
             raise CertificateFileError(
                 "ssl_trusted_certificate",
