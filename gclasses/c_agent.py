@@ -12,24 +12,25 @@ not running and logs it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yuneta import ievent
-from yuneta.command import envelope
+from yuneta.command import envelope, then
 from yuneta.errors import CommandError
 from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, register_gclass
 from yuneta.gobj import GObj, create_gobj
 from yuneta.persist import write_json_atomic
-from yuneta.wsio import Channel
+from yuneta.wsio import Channel, request_all
 
 FILTERS = (
     Param("str", "id", "", "Yuno id"),
@@ -41,7 +42,9 @@ GCLASS = GClassDef(
     name="C_AGENT",
     description="Yuneta agent: yuno launcher, supervisor and command router",
     attrs=(
-        Attr("real", "command_timeout", Flag.RD | Flag.WR, 30.0, "Seconds to wait for a yuno's answer"),
+        Attr("real", "command_timeout", Flag.RD | Flag.WR, 10.0, "Seconds to wait for a yuno's answer"),
+        Attr("real", "kill_grace", Flag.RD | Flag.WR, 5.0, "Seconds a yuno has to stop before SIGKILL"),
+        Attr("str", "yunos_cafile", Flag.RD, "", "CA file launched yunos trust for a wss:// agent"),
         Attr("int", "check_msec", Flag.RD, 1000, "Milliseconds between checks of the yunos' processes"),
         Attr("int", "yunos_running", Flag.RSTATS, 0, "Yunos running now"),
         Attr("int", "yunos_launched", Flag.RSTATS, 0, "Yunos launched by run-yuno"),
@@ -139,18 +142,6 @@ class YunoEntry:
         }
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @register_gclass
 class CAgent(GObj):
     GCLASS = GCLASS
@@ -180,7 +171,7 @@ class CAgent(GObj):
     # ----- registry -----------------------------------------------------------------
 
     @property
-    def server(self) -> GObj | None:
+    def server(self) -> Any:
         found = self.find(gclass="C_IEVENT_SRV")
         return found[0] if found else None
 
@@ -217,11 +208,14 @@ class CAgent(GObj):
                  yuno_name=entry.yuno_name, pid=entry.pid, launched=entry.launched)
 
     def link_closed(self, channel: Channel) -> None:
-        """A peer's link closed (I/O loop thread)."""
+        """A peer's link closed (I/O loop thread). A yuno the agent did not launch is known
+        only through its link, so without it the agent no longer counts it as running."""
         with self.lock:
             entries = [e for e in self.yunos.values() if e.channel is channel]
             for e in entries:
                 e.channel = None
+                if e.process is None:
+                    e.running = False
         for e in entries:
             self.log("warning", "yuno disconnected", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
 
@@ -229,15 +223,8 @@ class CAgent(GObj):
         died = []
         with self.lock:
             for e in self.yunos.values():
-                if not e.running:
-                    continue
-                if e.process is not None:
-                    code = e.process.poll()
-                    if code is not None:
-                        e.running, e.exit_code = False, code
-                        died.append(e)
-                elif not e.connected and not _pid_alive(e.pid):
-                    e.running = False
+                if e.running and e.process is not None and e.process.poll() is not None:
+                    e.running, e.exit_code = False, e.process.returncode
                     died.append(e)
         for e in died:
             self.log("warning", "yuno died", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
@@ -250,7 +237,7 @@ class CAgent(GObj):
         rows = [e.row() for e in self.match(kw)]
         return envelope(0, f"{len(rows)} yuno(s)", YUNO_SCHEMA, rows)
 
-    def cmd_run_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+    def cmd_run_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         files = [f.strip() for f in (kw.get("config") or "").split(",") if f.strip()]
         if not files:
             raise CommandError("run-yuno: config=FILE[,FILE...] is required")
@@ -264,11 +251,15 @@ class CAgent(GObj):
         assert self.runtime is not None
         yuno_id = uuid.uuid4().hex[:12]
         run_dir = self.runtime.work_dir / "yunos" / yuno_id
+        link: dict[str, Any] = {"yuno_id": yuno_id, "agent_url": server.real_url}
+        if server.attrs["use_ssl"]:
+            link.update(agent_jwt=server.yuno_credential(), agent_cafile=self.attrs["yunos_cafile"])
         override = {
-            "yuno": {"yuno_id": yuno_id, "agent_url": server.real_url},
+            "yuno": link,
             "__json_config_variables__": {"agent_url": server.real_url, **(kw.get("variables") or {})},
         }
-        write_json_atomic(run_dir / "agent-override.json", override, mode=0o644)
+        # 0600: it may carry the token the yuno presents to this agent.
+        write_json_atomic(run_dir / "agent-override.json", override, mode=0o600)
         argv = [sys.executable, "-m", "yuneta", "run"]
         for f in [*files, str(run_dir / "agent-override.json")]:
             argv += ["-f", f]
@@ -283,51 +274,51 @@ class CAgent(GObj):
             self.yunos[yuno_id] = entry
         self.attrs["yunos_launched"] += 1
         self.log("info", "yuno launched", id=yuno_id, pid=process.pid, config=files, log=str(log_path))
-        deadline = time.monotonic() + max(0.0, kw.get("wait") or 0.0)
-        while time.monotonic() < deadline:
-            if entry.connected:
-                return envelope(0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
-            if process.poll() is not None:
-                entry.running, entry.exit_code = False, process.returncode
-                tail = _tail(log_path)
-                self.log("error", "yuno exited at start", id=yuno_id, exit_code=process.returncode)
-                return envelope(-1, f"yuno exited at start with code {process.returncode}: {tail}", None, entry.row())
-            time.sleep(0.05)
-        comment = "launched, not connected yet" if kw.get("wait") else "launched"
-        return envelope(0, f"yuno {yuno_id} {comment}, pid {process.pid}", YUNO_SCHEMA, [entry.row()])
+        return then(self.runtime.io_loop.run(_wait_connected(entry, kw.get("wait") or 0.0)),
+                    lambda _: self._launch_answer(entry, log_path, bool(kw.get("wait"))))
 
-    def cmd_kill_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+    def _launch_answer(self, entry: YunoEntry, log_path: Path, waited: bool) -> dict:
+        if entry.connected:
+            return envelope(0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
+        code = entry.process.poll() if entry.process is not None else None
+        if code is not None:
+            entry.running, entry.exit_code = False, code
+            self.log("error", "yuno exited at start", id=entry.id, exit_code=code)
+            return envelope(-1, f"yuno exited at start with code {code}: {_tail(log_path)}", YUNO_SCHEMA, [entry.row()])
+        comment = "launched, not connected yet" if waited else "launched"
+        return envelope(0, f"yuno {entry.id} {comment}, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
+
+    def cmd_kill_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         if not any(kw.get(k) for k in ("id", "yuno_role", "yuno_name")):
             raise CommandError("kill-yuno: give id=, yuno_role= or yuno_name=")
         targets = self.match(kw, running_only=True)
         if not targets:
             raise CommandError("Yuno not found")
-        for e in targets:
-            self._kill(e)
-        names = ", ".join(e.label for e in targets)
-        return envelope(0, f"{len(targets)} yuno(s) killed: {names}", YUNO_SCHEMA, [e.row() for e in targets])
+        grace = float(self.attrs["kill_grace"])
+        assert self.runtime is not None
+        return then(self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate)),
+                    lambda _: self._kill_answer(targets))
 
-    def _kill(self, e: YunoEntry, grace: float = 5.0) -> None:
-        if e.process is not None:
-            e.process.terminate()
-            try:
-                e.exit_code = e.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                e.process.kill()
-                e.exit_code = e.process.wait(grace)
-        elif _pid_alive(e.pid):
-            os.kill(e.pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while _pid_alive(e.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _pid_alive(e.pid):
-                os.kill(e.pid, signal.SIGKILL)
+    def _shutdown_gate(self, e: YunoEntry) -> ievent.Gate:
+        return self._gate(e, "__yuno__")
+
+    def _kill_answer(self, targets: list[YunoEntry]) -> dict:
+        stopped, alive = [], []
         with self.lock:
-            e.running = False
-        self.log("info", "yuno killed", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
-                 pid=e.pid, exit_code=e.exit_code)
+            for e in targets:
+                (alive if e.running else stopped).append(e)
+        for e in stopped:
+            self.log("info", "yuno killed", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
+                     pid=e.pid, exit_code=e.exit_code)
+        for e in alive:
+            self.log("error", "yuno did not stop", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
+        names = ", ".join(e.label for e in stopped)
+        if alive:
+            return envelope(-1, f"{len(alive)} yuno(s) did not stop: {', '.join(e.label for e in alive)}",
+                            YUNO_SCHEMA, [e.row() for e in targets])
+        return envelope(0, f"{len(stopped)} yuno(s) killed: {names}", YUNO_SCHEMA, [e.row() for e in targets])
 
-    def cmd_command_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+    def cmd_command_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         command = (kw.pop("command", "") or "").strip()
         if not command:
             raise CommandError("What command?")
@@ -337,8 +328,17 @@ class CAgent(GObj):
             raise CommandError("Yuno not found")
         return self.command_yunos(targets, command, kw)
 
-    def command_yunos(self, targets: list[YunoEntry], command: str, kw: dict) -> dict:
-        """Send `command` to every target at once; gather one answer per yuno."""
+    def _gate(self, e: YunoEntry, service: str) -> ievent.Gate:
+        assert self.runtime is not None and self.runtime.root is not None
+        root = self.runtime.root.attrs
+        return ievent.Gate(
+            src_yuno=root["yuno_name"], src_role=root["yuno_role"], src_service=self.name,
+            dst_yuno=e.yuno_name, dst_role=e.yuno_role, dst_service=service or "__default_service__",
+        )
+
+    def command_yunos(self, targets: list[YunoEntry], command: str, kw: dict) -> concurrent.futures.Future:
+        """Send `command` to every target at once; a Future of one envelope gathering one
+        answer per yuno. The actor is free while the yunos answer."""
         service = kw.pop("service", "") or ""
         gobj = kw.pop("gobj", "") or ""
         params = dict(kw)
@@ -346,35 +346,27 @@ class CAgent(GObj):
             params["service"] = service
         if gobj:
             params["__gobj__"] = gobj
-        assert self.runtime is not None and self.runtime.root is not None
-        root = self.runtime.root.attrs
-        timeout = float(self.attrs["command_timeout"])
+        assert self.runtime is not None
+        calls = [(e.channel, self._gate(e, service)) for e in targets]
+        verb = command.split(" ", 1)[0]
+        pending = request_all(self.runtime.io_loop, calls, command, params, float(self.attrs["command_timeout"]))
+        return then(pending, lambda answers: self._gather(targets, answers, verb, service, gobj))
 
-        async def ask_all() -> list[dict]:
-            async def ask(e: YunoEntry) -> dict:
-                channel = e.channel
-                if channel is None:
-                    return ievent.build_response_envelope(-1, "Yuno not connected")
-                gate = ievent.Gate(
-                    src_yuno=root["yuno_name"], src_role=root["yuno_role"], src_service=self.name,
-                    dst_yuno=e.yuno_name, dst_role=e.yuno_role, dst_service=service or "__default_service__",
-                )
-                return await channel.request(command, params, gate, timeout)
-
-            return list(await asyncio.gather(*(ask(e) for e in targets)))
-
-        answers = self.runtime.io_loop.run_sync(ask_all(), timeout + 5)
-        data = []
-        for e, a in zip(targets, answers, strict=True):
-            data.append({"id": e.id, "yuno_role": e.yuno_role, "yuno_name": e.yuno_name,
-                         "result": a.get("result", -1), "comment": a.get("comment", ""), "data": a.get("data")})
+    def _gather(self, targets: list[YunoEntry], answers: list[dict], verb: str, service: str, gobj: str) -> dict:
+        data = [
+            {"id": e.id, "yuno_role": e.yuno_role, "yuno_name": e.yuno_name,
+             "result": a.get("result", -1), "comment": a.get("comment") or "",
+             "schema": a.get("schema"), "data": a.get("data")}
+            for e, a in zip(targets, answers, strict=True)
+        ]
         failed = sum(1 for d in data if d["result"] < 0)
         if len(data) == 1:
-            label, own = f"{data[0]['yuno_role']}^{data[0]['yuno_name']}", data[0]["comment"] or ""
+            label, own = f"{data[0]['yuno_role']}^{data[0]['yuno_name']}", data[0]["comment"]
             comment = own if own.startswith(label) else f"{label}: {own}"
         else:
             comment = f"{len(data)} yuno(s) answered, {failed} failed"
-        self.log("info", "command-yuno", command=command, service=service, target_gobj=gobj, yunos=len(data), failed=failed)
+        self.log("warning" if failed else "info", "command-yuno", command=verb, service=service,
+                 target_gobj=gobj, yunos=len(data), failed=failed)
         return envelope(-1 if failed else 0, comment, None, data)
 
     def cmd_command_agent(self, cmd: str, kw: dict, src: Any) -> dict:
@@ -399,6 +391,44 @@ class CAgent(GObj):
             for e in self.yunos.values():
                 if e.process is not None:
                     e.process.poll()
+
+
+async def _wait_connected(entry: YunoEntry, wait: float) -> None:
+    """Until the launched yuno's link is up, its process has exited, or `wait` seconds."""
+    deadline = time.monotonic() + max(0.0, wait)
+    while time.monotonic() < deadline and not entry.connected:
+        if entry.process is not None and entry.process.poll() is not None:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _stop_all(targets: list[YunoEntry], grace: float, gate: Callable[[YunoEntry], ievent.Gate]) -> None:
+    """Stop every target at once: SIGTERM (then SIGKILL) for the agent's own children;
+    yunos started by hand are asked to shut down over their link. The agent never signals
+    a pid it only heard of: an identity card's pid proves nothing."""
+
+    async def stop(e: YunoEntry) -> None:
+        if e.process is not None:
+            e.process.terminate()
+            loop = asyncio.get_running_loop()
+            try:
+                e.exit_code = await loop.run_in_executor(None, e.process.wait, grace)
+            except subprocess.TimeoutExpired:
+                e.process.kill()
+                e.exit_code = await loop.run_in_executor(None, e.process.wait, grace)
+            e.running = False
+            return
+        channel = e.channel
+        if channel is None:
+            return
+        await channel.request("shutdown", {"service": "__yuno__"}, gate(e), grace)
+        deadline = time.monotonic() + grace
+        while e.channel is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if e.channel is None:
+            e.running = False
+
+    await asyncio.gather(*(stop(e) for e in targets))
 
 
 def _tail(path: Path, lines: int = 3) -> str:

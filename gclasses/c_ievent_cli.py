@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import ssl
 
 from yuneta import ievent
 from yuneta.command import envelope
@@ -26,6 +27,7 @@ GCLASS = GClassDef(
         Attr("str", "url", Flag.RD | Flag.REQUIRED, "", "Agent URL (ws://127.0.0.1:1991)"),
         Attr("str", "dst_role", Flag.RD, AGENT_ROLE, "Role of the agent"),
         Attr("str", "jwt", Flag.NONE, "", "Token presented to the agent (never shown)"),
+        Attr("str", "cafile", Flag.RD, "", "CA file to verify a wss:// agent (empty: system CAs)"),
         Attr("bool", "connected", Flag.RD, False, "Identified with the agent now"),
         Attr("int", "commands_answered", Flag.RSTATS, 0, "Commands received from the agent"),
     ),
@@ -64,6 +66,7 @@ class CIEventCli(GObj):
             md_yuno=ievent.md_yuno(root["realm_name"], root["yuno_role"], root["yuno_name"], root["yuno_id"]),
             on_command=self._on_command,
             on_state=self._on_state,
+            ssl_context=self._ssl_context(),
         )
         self.client.start()
 
@@ -71,6 +74,11 @@ class CIEventCli(GObj):
         if self.client is not None:
             self.client.stop()
             self.client = None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.attrs["url"].lower().startswith("wss://"):
+            return None
+        return ssl.create_default_context(cafile=self.attrs["cafile"] or None)
 
     def _on_state(self, connected: bool) -> None:
         self.attrs["connected"] = connected

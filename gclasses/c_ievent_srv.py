@@ -144,6 +144,10 @@ class CIEventSrv(TlsListener, GObj):
         scheme = "wss" if self.attrs["use_ssl"] else "ws"
         return f"{scheme}://{self.attrs['lHost']}:{self.attrs['lPort']}"
 
+    def yuno_credential(self) -> str:
+        """The token a yuno launched by this yuno's agent presents (the first one), or ""."""
+        return self._auth_tokens[0] if self._auth_tokens else ""
+
     def _auth(self, card: Mapping[str, Any]) -> tuple[int, str]:
         token = card.get("jwt")
         if isinstance(token, str) and token:

@@ -34,6 +34,8 @@ GCLASS = GClassDef(
         Attr("str", "log_dir", Flag.RD, "", "Log directory"),
         Attr("list", "config_files", Flag.RD, [], "Config files this yuno was started from"),
         Attr("str", "agent_url", Flag.RD, "", "URL of the agent to connect to; empty: none"),
+        Attr("str", "agent_jwt", Flag.NONE, "", "Token presented to a wss:// agent (never shown)"),
+        Attr("str", "agent_cafile", Flag.RD, "", "CA file to verify a wss:// agent (empty: system CAs)"),
         Attr("int", "timeout_periodic", RW, 1000, "Milliseconds between periodic ticks"),
         Attr("int", "timeout_cert_check", RW | Flag.PERSIST, 3600, "Seconds between certificate expiry scans (0 disables)"),
         Attr("int", "cert_warn_days", RW | Flag.PERSIST, 7, "days_remaining at or below this logs a warning"),
@@ -44,6 +46,7 @@ GCLASS = GClassDef(
     commands=(
         Command("view-services", "cmd_view_services", (), "List the services of this yuno", ("services",)),
         Command("reload-certs", "cmd_reload_certs", (), "Reload the certificates of every running TLS listener"),
+        Command("shutdown", "cmd_shutdown", (), "Stop this yuno: every gobj bottom-up, then exit 0"),
         Command("view-cert", "cmd_view_cert", (), "Certificates served by every TLS listener of this yuno"),
         Command(
             "cert-expiry-status",
@@ -67,10 +70,16 @@ class CYuno(GObj):
         self._last_cert_check = 0.0
         self.timer = create_gobj("__periodic_timer__", "C_TIMER", {}, self)
         if self.attrs["agent_url"]:
-            create_gobj("__agent_link__", "C_IEVENT_CLI", {"url": self.attrs["agent_url"]}, self)
+            create_gobj("__agent_link__", "C_IEVENT_CLI", {
+                "url": self.attrs["agent_url"],
+                "jwt": self.attrs["agent_jwt"],
+                "cafile": self.attrs["agent_cafile"],
+            }, self)
 
     def mt_play(self) -> None:
-        self._last_cert_check = time.monotonic()
+        # The first scan comes with the first tick: a certificate that expires tomorrow
+        # must not wait an hour to be reported.
+        self._last_cert_check = float("-inf")
         self.timer.set_timeout_periodic(self.attrs["timeout_periodic"])
 
     def mt_pause(self) -> None:
@@ -174,6 +183,13 @@ class CYuno(GObj):
             "details": details,
         }
         return envelope(0, f"{self.role_name}: {len(details)} TLS listener(s)", None, data)
+
+    def cmd_shutdown(self, cmd: str, kw: dict, src: Any) -> dict:
+        if self.runtime is None:
+            return envelope(-1, "this yuno has no runtime to stop")
+        self.log("info", "shutdown requested", by=src.full_name if src else "")
+        self.runtime.stopping.set()
+        return envelope(0, f"{self.role_name}: stopping")
 
     # ----- services -----------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -202,3 +203,84 @@ def test_commands_sent_while_run_yuno_waits_are_answered(tmp_path, agent):
         helped = ycommand(agent.url, "-c", "help")
         assert helped.returncode == 0
         assert run.wait(60) == 0
+
+
+def test_a_hung_yuno_does_not_freeze_the_agent(tmp_path, agent):
+    issued = TestCA().issue(tmp_path / "c", "hung")
+    run = ycommand(agent.url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'hung', issued.crypto())}")
+    assert run.returncode == 0
+    pid = yunos_by_name(agent.url)["hung"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+
+    def accepted() -> int:
+        return sum(1 for line in agent.log_lines() if line["msg"] == "identity card accepted")
+
+    before = accepted()
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "yuneta.ycommand", "-u", agent.url, "-w", "30", "-c",
+             "command-yuno yuno_name=hung command=help"],
+            stdout=subprocess.PIPE, text=True, env=child_env(),
+        ) as slow:
+            wait_for(lambda: accepted() > before, timeout=20)  # the slow client is in session
+            time.sleep(1)  # its command (sent right after the ACK) now waits on the stopped yuno
+            assert slow.poll() is None
+            # Meanwhile the agent answers everyone else at once.
+            listed = ycommand(agent.url, "-c", "list-yunos", wait=5)
+            assert listed.returncode == 0 and "hung" in listed.stdout
+            assert slow.poll() is None  # still waiting: the answers above did not wait for it
+            out, _ = slow.communicate(timeout=60)
+            assert slow.returncode == 255
+            assert "No answer within 10 s" in out
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_kill_yuno_never_signals_a_pid_it_only_heard_of(tmp_path, agent):
+    """A peer may claim any pid in its identity card: the agent signals only its own children,
+    and asks other yunos to shut down over their link."""
+    from websockets.sync.client import connect
+
+    from yuneta import ievent
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        assert ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=1").returncode == 0
+        card = ievent.build_identity_card("liar", "echo_tls", "echo_tls", "", "yuneta_agent",
+                                          "__default_service__", "x", "h", bystander.pid, yuno_id="spoof")
+        with connect(agent.url, proxy=None) as ws:
+            ws.send(ievent.encode_frame(ievent.EV_IDENTITY_CARD, card))
+            assert json.loads(ws.recv(timeout=10))["kw"]["result"] == 0
+            wait_for(lambda: "liar" in yunos_by_name(agent.url), timeout=10)
+            killed = ycommand(agent.url, "-c", "kill-yuno yuno_name=liar")
+            assert killed.returncode == 255 and "did not stop" in killed.stdout
+        assert bystander.poll() is None  # untouched
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_yunos_join_a_wss_agent_that_requires_a_token(tmp_path):
+    ca = TestCA()
+    cafile = ca.write_ca(tmp_path / "ca.pem")
+    leaf = ca.issue(tmp_path / "agent-cert", "agent")
+    port = free_port()
+    url = f"wss://127.0.0.1:{port}"
+    agent = Agent(tmp_path, port=port, extra={
+        "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
+        "global": {"C_IEVENT_SRV.crypto": leaf.crypto(), "C_IEVENT_SRV.auth_tokens": ["t0ken"],
+                   "C_AGENT.yunos_cafile": str(cafile)},
+    }).start()
+    opts = ["--cafile", str(cafile), "-t", "t0ken"]
+    try:
+        issued = ca.issue(tmp_path / "c", "inner")
+        run = ycommand(url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'inner', issued.crypto())}",
+                       extra=opts)
+        assert run.returncode == 0 and "running" in run.stdout, run.stdout + run.stderr
+        answer = ycommand(url, "-c", "command-yuno yuno_name=inner command=view-cert gobj=echo_tls", extra=[*opts, "--json"])
+        assert answer.returncode == 0 and issued.serial in answer.stdout
+        override = next((tmp_path / "agent" / "yunos").rglob("agent-override.json"))
+        assert oct(override.stat().st_mode & 0o777) == "0o600"  # it carries the token
+        assert ycommand(url, "-c", "kill-yuno yuno_name=inner", extra=opts).returncode == 0
+    finally:
+        agent.stop()

@@ -8,7 +8,9 @@ failure); errors become envelopes here, in one place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
+from collections.abc import Callable
 from typing import Any
 
 from yuneta.errors import CommandError, ParseError, YunetaError
@@ -169,3 +171,18 @@ def build_kw(cmd: Command, positional: list[str], pairs: dict[str, Any]) -> dict
         if param.name not in kw and param.default is not None:
             kw[param.name] = param.default
     return kw
+
+
+def then(future: concurrent.futures.Future, fn: Callable[[Any], dict]) -> concurrent.futures.Future:
+    """A Future of `fn(result of future)`: how a handler that waits (see `GObj.command`)
+    turns what it waited for into its envelope without holding its actor."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+
+    def done(f: concurrent.futures.Future) -> None:
+        try:
+            out.set_result(fn(f.result()))
+        except BaseException as exc:  # delivered to the waiting caller as an envelope
+            out.set_exception(exc)
+
+    future.add_done_callback(done)
+    return out

@@ -17,6 +17,7 @@ server. Everything here runs in the IOLoop thread except the callbacks run in wo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import ssl
 from collections.abc import Callable, Mapping
@@ -90,12 +91,35 @@ class Channel:
                 future.set_result(ievent.build_response_envelope(-1, "Connection lost"))
 
 
+def _verb(command_line: str) -> str:
+    """Only the command's name goes to logs: its parameters may carry secrets."""
+    return command_line.strip().split(" ", 1)[0]
+
+
 def _peer(ws: Any) -> str:
     try:
         host, port = ws.remote_address[:2]
         return f"{host}:{port}"
     except Exception:
         return "?"
+
+
+def request_all(
+    ioloop: IOLoop, calls: list[tuple[Channel | None, ievent.Gate]], command: str,
+    params: Mapping[str, Any], timeout: float,
+) -> concurrent.futures.Future[list[dict]]:
+    """Send `command` to every channel at once (from any thread but the loop's); a Future of
+    their envelopes, in order. A missing channel answers -1 "Not connected"."""
+
+    async def ask_all() -> list[dict]:
+        async def ask(channel: Channel | None, gate: ievent.Gate) -> dict:
+            if channel is None:
+                return ievent.build_response_envelope(-1, "Not connected")
+            return await channel.request(command, params, gate, timeout)
+
+        return list(await asyncio.gather(*(ask(c, g) for c, g in calls)))
+
+    return ioloop.run(ask_all())
 
 
 class WsServer:
@@ -127,6 +151,9 @@ class WsServer:
         self.max_frame_size = max_frame_size
         self.channels: set[Channel] = set()
         self._server: Server | None = None
+        # Commands may wait on actors that wait on other yunos: give them their own
+        # threads, so a few slow ones cannot starve the loop's default executor.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ievent-cmd")
 
     def start(self, timeout: float = 10.0) -> int:
         """Bind and listen (call from outside the loop thread); returns the real port."""
@@ -135,6 +162,7 @@ class WsServer:
     def stop(self, timeout: float = 5.0) -> None:
         if self._server is not None and self.ioloop.running:
             self.ioloop.run_sync(self._stop(), timeout + 1)
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _start(self) -> int:
         ctx = None
@@ -252,17 +280,17 @@ class WsServer:
         loop = asyncio.get_running_loop()
         try:
             envelope = await loop.run_in_executor(
-                None, self.on_command, channel, request.command, dict(request.kw), request.service, {}
+                self._executor, self.on_command, channel, request.command, dict(request.kw), request.service, {}
             )
         except Exception as exc:
-            log("error", self.owner, "command handler failed", command=request.command, error=repr(exc), exc_info=True)
+            log("error", self.owner, "command handler failed", command=_verb(request.command), error=repr(exc), exc_info=True)
             envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
         if previous is not None:
             await asyncio.wait([previous])
         try:
             await channel.ws.send(session.answer(request, envelope).text)
         except websockets.ConnectionClosed:
-            log("info", self.owner, "client left before its answer", command=request.command, peer=channel.peer)
+            log("info", self.owner, "client left before its answer", command=_verb(request.command), peer=channel.peer)
 
 
 class WsClient:
@@ -322,7 +350,7 @@ class WsClient:
                 self.on_state(value)
 
     async def _run(self) -> None:
-        delay = 0.2
+        delay, failures = 0.2, 0
         while True:
             try:
                 async with connect(
@@ -330,12 +358,15 @@ class WsClient:
                     ping_interval=None, max_size=ievent.DEFAULT_MAX_FRAME_SIZE, proxy=None,
                 ) as ws:
                     if await self._session(ws):
-                        delay = 0.2
+                        delay, failures = 0.2, 0
             except asyncio.CancelledError:
                 self._set_connected(False)
                 raise
-            except Exception as exc:  # refused, reset, bad handshake: retry
-                log("debug", self.owner, "agent link attempt failed", url=self.url, error=repr(exc))
+            except Exception as exc:  # refused, reset, bad TLS: retry, and say so now and then
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log("warning", self.owner, "cannot reach the agent, retrying", url=self.url,
+                        attempts=failures, error=repr(exc))
             self._set_connected(False)
             await asyncio.sleep(delay)
             delay = min(self.max_backoff, delay * 2)
