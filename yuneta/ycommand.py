@@ -7,7 +7,9 @@ commands with ``;`` (quotes and braces respected); a leading ``-`` lets the chai
 that command fails. Answers print as the C tool prints them: lists with a schema as tables,
 other data as JSON, then the comment, or ``ERROR <result>: <comment>``. In ``-c`` mode the exit
 code is the last answer's result & 0xFF (so -1 exits 255); transport failures exit 1 and
-usage errors 2. Everything that waits is bounded by ``-w``: ycommand never hangs.
+usage errors 2. Everything that waits is bounded by ``-w``: ycommand never hangs. When the
+reader of stdout goes away (``ycommand ... | head -1``) it stops quietly with 141 (128 + SIGPIPE,
+what a shell reports for a command killed by SIGPIPE), without a traceback.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ from yuneta import ievent
 DEFAULT_URL = "ws://127.0.0.1:1991"
 DEFAULT_ROLE = "yuneta_agent"
 DEFAULT_SERVICE = "__default_service__"
-DEFAULT_WAIT = 5.0
+# The agent gives a slow yuno up to 10 s (its command_timeout) and then answers "No answer
+# within 10 s": ycommand must still be listening then.
+DEFAULT_WAIT = 15.0
 DEFAULT_LINGER = 0.25
 HISTORY_FILE = "~/.ycommand_history"
 EXIT_TRANSPORT = 1
 EXIT_USAGE = 2
+EXIT_OUTPUT_CLOSED = 141
 LOCAL_COMMANDS = ("exit", "quit", "history")
+REFUSED = "Identity card refused"
 
 _RED = "\033[41;1;37m"
 _YELLOW = "\033[0;93m"
@@ -154,28 +160,73 @@ def render_table(schema: list[dict[str, Any]], rows: list[Any], color: bool = Fa
     return "\n".join(out)
 
 
+_PER_YUNO_KEYS = ("yuno_role", "yuno_name", "result", "comment", "data")
+
+
+def _result_of(kw: dict[str, Any]) -> int:
+    result = kw.get("result", -1)
+    return result if isinstance(result, int) and not isinstance(result, bool) else -1
+
+
+def _comment_of(kw: dict[str, Any]) -> str:
+    comment = kw.get("comment")
+    return comment if isinstance(comment, str) else ""
+
+
+def _render_data(schema: Any, data: Any, color: bool) -> str | None:
+    """Data as the C prints it: a list with a table schema -> table; other lists and dicts ->
+    JSON indented by 4; a string as is; numbers/booleans as JSON; null -> None (nothing)."""
+    if isinstance(data, list) and _is_table_schema(schema):
+        return render_table(schema, data, color)
+    if isinstance(data, (list, dict)):
+        return json.dumps(data, indent=4, ensure_ascii=False)
+    if isinstance(data, str):
+        return data
+    if data is not None:
+        return json.dumps(data)
+    return None
+
+
+def _is_per_yuno_answers(data: Any) -> bool:
+    """True for the agent's ``command-yuno`` data: one entry per yuno that answered."""
+    return (isinstance(data, list) and len(data) > 0
+            and all(isinstance(item, dict) and all(k in item for k in _PER_YUNO_KEYS)
+                    for item in data))
+
+
+def _render_yuno_entry(entry: dict[str, Any], color: bool) -> list[str]:
+    label = f"{entry.get('yuno_role')}^{entry.get('yuno_name')}"
+    comment = _comment_of(entry)
+    # C_YUNO's own comments often start with "role^name:" already: do not say it twice.
+    said = comment if comment.startswith(label) else f"{label}: {comment}".rstrip()
+    result = _result_of(entry)
+    header = (_paint(f"ERROR {result}: {said}", _RED, color) if result < 0
+              else _paint(said, _YELLOW, color))
+    body = _render_data(entry.get("schema"), entry.get("data"), color)
+    return [header] if body is None else [header, body]
+
+
 def render_answer(kw: dict[str, Any], color: bool = False) -> str:
     """The text ycommand prints for one answer (C display_webix_result).
 
-    Data: a list with a table schema -> table; other lists and dicts -> JSON indented by 4;
-    a string as is; numbers/booleans as JSON; null -> nothing. Then, when ``result < 0``,
-    ``ERROR <result>: <comment>``, else the comment when not empty.
+    The data (see `_render_data`), then, when ``result < 0``, ``ERROR <result>: <comment>``,
+    else the comment when not empty. The agent's ``command-yuno`` answer (data: a list of
+    ``{yuno_role, yuno_name, result, comment, [schema], data}``, no table schema of its own)
+    prints per yuno a header ``role^name: comment`` (``ERROR <result>: role^name: comment``
+    when that yuno failed) and that yuno's data rendered the same way, then the comment.
     """
-    result = kw.get("result", -1)
-    result = result if isinstance(result, int) and not isinstance(result, bool) else -1
-    comment = kw.get("comment")
-    comment = comment if isinstance(comment, str) else ""
+    result = _result_of(kw)
+    comment = _comment_of(kw)
     schema = kw.get("schema")
     data = kw.get("data")
     parts: list[str] = []
-    if isinstance(data, list) and _is_table_schema(schema):
-        parts.append(render_table(schema, data, color))
-    elif isinstance(data, (list, dict)):
-        parts.append(json.dumps(data, indent=4, ensure_ascii=False))
-    elif isinstance(data, str):
-        parts.append(data)
-    elif data is not None:
-        parts.append(json.dumps(data))
+    if _is_per_yuno_answers(data) and not _is_table_schema(schema):
+        for entry in data:
+            parts.extend(_render_yuno_entry(entry, color))
+    else:
+        body = _render_data(schema, data, color)
+        if body is not None:
+            parts.append(body)
     if result < 0:
         parts.append(_paint(f"ERROR {result}: {comment}", _RED, color))
     elif comment:
@@ -227,6 +278,20 @@ class YcommandError(Exception):
         self.exit_code = exit_code
 
 
+class OutputClosed(Exception):
+    """Whoever read our stdout went away (``| head``): stop quietly with EXIT_OUTPUT_CLOSED."""
+
+
+def _discard_output(out: TextIO) -> None:
+    # Point the dead pipe's descriptor at /dev/null so the interpreter's last flush of text
+    # still buffered succeeds instead of printing "Exception ignored ... BrokenPipeError".
+    # (SIGPIPE is left ignored: restoring its default would also kill us on a dead socket.)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
+
+
 @dataclass
 class Options:
     """What the command line asked for."""
@@ -276,8 +341,10 @@ class AgentLink:
                         return event
                     if isinstance(event, ievent.IdentityRefused):
                         code = event.result & 0xFF or EXIT_TRANSPORT
-                        raise YcommandError(
-                            f"ERROR {event.result}: Identity card refused: {event.comment}", code)
+                        reason = event.comment
+                        if not reason.startswith(REFUSED):  # the server may have said it
+                            reason = f"{REFUSED}: {reason}"
+                        raise YcommandError(f"ERROR {event.result}: {reason}", code)
                     if isinstance(event, ConnectionClosed):
                         raise YcommandError(f"connection closed before the identity card ACK "
                                             f"({self.closed_reason})")
@@ -360,6 +427,18 @@ class Shell:
         self.color = not opts.as_json and self.out.isatty()
         self.last_result = 0
         self.link: AgentLink | None = None
+        self.output_closed = False
+
+    def emit(self, text: str) -> None:
+        """Print ``text`` and a newline; raises `OutputClosed` once stdout's reader is gone."""
+        if self.output_closed:
+            raise OutputClosed
+        try:
+            print(text, file=self.out, flush=True)
+        except BrokenPipeError:
+            self.output_closed = True
+            _discard_output(self.out)
+            raise OutputClosed from None
 
     def show(self, answer: ievent.CommandAnswer) -> None:
         """Print one answer; remember its result for the exit code."""
@@ -367,7 +446,12 @@ class Shell:
         text = render_json(answer.kw) if self.opts.as_json else render_answer(answer.kw,
                                                                                self.color)
         if text:
-            print(text, file=self.out, flush=True)
+            self.emit(text)
+
+    def show_late(self, answer: ievent.CommandAnswer) -> None:
+        """`show` for answers arriving on the reader task: a closed stdout is only noted."""
+        with contextlib.suppress(OutputClosed):
+            self.show(answer)
 
     async def connect(self) -> ievent.SessionOpened:
         """Open the WebSocket and identify; errors become `YcommandError`."""
@@ -384,7 +468,7 @@ class Shell:
             raise YcommandError(f"cannot connect to {opts.url}: {exc or 'timeout'}") from None
         except Exception as exc:  # invalid URI, refused handshake...
             raise YcommandError(f"cannot connect to {opts.url}: {exc}") from None
-        self.link = AgentLink(ws, session, opts.wait, self.show)
+        self.link = AgentLink(ws, session, opts.wait, self.show_late)
         try:
             return await self.link.identify()
         except BaseException:
@@ -405,7 +489,8 @@ class Shell:
             if command.lower() in ("exit", "quit"):
                 return "exit"
             if command.lower() == "history":
-                _print_history(self.out)
+                for entry in _history_lines():
+                    self.emit(entry)
                 continue
             answer = await self.link.command(command)
             self.show(answer)
@@ -415,8 +500,10 @@ class Shell:
 
     async def linger(self) -> None:
         """Give late answers (fan-out of command-yuno) a moment to arrive and print."""
-        if self.opts.linger > 0 and self.link is not None:
+        if self.opts.linger > 0 and self.link is not None and not self.output_closed:
             await asyncio.sleep(self.opts.linger)
+        if self.output_closed:
+            raise OutputClosed
 
     async def close(self) -> None:
         if self.link is not None:
@@ -434,13 +521,13 @@ def _username() -> str:
 #   Interactive mode
 # ---------------------------------------------------------------------------
 
-def _print_history(out: TextIO) -> None:
+def _history_lines() -> list[str]:
     try:
         import readline
     except ImportError:
-        return
-    for i in range(1, readline.get_current_history_length() + 1):
-        print(f"{i:4d}  {readline.get_history_item(i)}", file=out)
+        return []
+    return [f"{i:4d}  {readline.get_history_item(i)}"
+            for i in range(1, readline.get_current_history_length() + 1)]
 
 
 def _setup_readline(names: list[str]) -> Callable[[], None]:
@@ -484,7 +571,7 @@ async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
     save_history = _setup_readline(names)
     remote = opened.remote_yuno_role + (f"^{opened.remote_yuno_name}"
                                         if opened.remote_yuno_name else "")
-    print(f"Connected to '{remote}', url:'{shell.opts.url}'.", file=shell.out)
+    shell.emit(f"Connected to '{remote}', url:'{shell.opts.url}'.")
     prompt = f"{remote}> "
     loop = asyncio.get_running_loop()
     try:
@@ -494,8 +581,12 @@ async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
             try:
                 line = await loop.run_in_executor(None, input, prompt)
             except (EOFError, KeyboardInterrupt):
-                print(file=shell.out)
+                shell.emit("")
                 break
+            except BrokenPipeError:  # the prompt could not be written
+                shell.output_closed = True
+                _discard_output(shell.out)
+                raise OutputClosed from None
             try:
                 if await shell.run_line(line) == "exit":
                     break
@@ -590,9 +681,15 @@ def main(argv: list[str] | None = None) -> int:
     except YcommandError as exc:
         print(f"ycommand: {exc}", file=sys.stderr)
         code = exc.exit_code
+    except OutputClosed:
+        code = EXIT_OUTPUT_CLOSED
     except KeyboardInterrupt:
         code = 130
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_output(sys.stdout)
+        code = EXIT_OUTPUT_CLOSED
     return code
 
 
