@@ -8,7 +8,6 @@ the agent goes away it reconnects with backoff, so an agent restart finds its yu
 
 from __future__ import annotations
 
-import getpass
 import os
 import ssl
 
@@ -52,7 +51,7 @@ class CIEventCli(GObj):
                 yuno_name=root["yuno_name"],
                 src_service=root["yuno_role"],
                 dst_role=self.attrs["dst_role"],
-                user=_user(),
+                user=ievent.local_user(),
                 pid=os.getpid(),
                 jwt=self.attrs["jwt"] or None,
             )
@@ -97,10 +96,3 @@ class CIEventCli(GObj):
             if target is None:
                 return envelope(-1, f"Service not found: '{service}'")
         return target.command(line, kw, src=self)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return ""

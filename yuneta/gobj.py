@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
@@ -252,8 +252,6 @@ class GObj:
         """Deliver `event` and wait for the action's result (-1 when not accepted)."""
         return self._call(self._dispatch, event, kw or {}, src)
 
-    def has_event(self, event: str) -> bool:
-        return self.gclass.row(self.state, event) is not None
 
     def change_state(self, new_state: str) -> None:
         """Set the state from inside an action (as the original's gobj_change_state)."""
@@ -627,8 +625,3 @@ def create_gobj(
         gobj.destroy()
         raise
     return gobj
-
-
-def iter_tree(top: GObj) -> Iterator[GObj]:
-    yield top
-    yield from top.walk()

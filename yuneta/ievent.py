@@ -15,6 +15,7 @@ c_ievent_cli.c, c_ievent_srv.c); docs/wire-protocol.md lists the facts and our d
 from __future__ import annotations
 
 import copy
+import getpass
 import json
 import socket
 import uuid
@@ -549,6 +550,14 @@ class AnswerDropped:
 # ---------------------------------------------------------------------------
 #   Server session
 # ---------------------------------------------------------------------------
+
+def local_user() -> str:
+    """The login name an identity card carries as `user` ("" when it cannot be told)."""
+    try:
+        return getpass.getuser()
+    except Exception:
+        return ""
+
 
 def _hostname() -> str:
     try:

@@ -24,8 +24,8 @@ import concurrent.futures
 import errno
 import functools
 import ipaddress
-import socket
 import select
+import socket
 import ssl
 import threading
 import time

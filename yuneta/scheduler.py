@@ -48,9 +48,6 @@ class Scheduler:
             self._cond.notify()
         return handle
 
-    def call_later(self, delay: float, fn: Callable[[], None]) -> TimerHandle:
-        return self.call_at(time.monotonic() + max(0.0, delay), fn)
-
     def _run(self) -> None:
         while True:
             with self._cond:

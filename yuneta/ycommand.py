@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import json
 import os
 import re
@@ -458,7 +457,7 @@ class Shell:
         opts = self.opts
         session = ievent.ClientSession(
             yuno_role="ycommand", src_service="ycommand", dst_role=opts.yuno_role,
-            dst_yuno=opts.yuno_name, dst_service=opts.service, user=_username(),
+            dst_yuno=opts.yuno_name, dst_service=opts.service, user=ievent.local_user(),
             pid=os.getpid(), jwt=opts.token or None)
         try:
             ws = await connect(opts.url, ssl=make_ssl_context(opts), open_timeout=opts.wait,
@@ -508,13 +507,6 @@ class Shell:
     async def close(self) -> None:
         if self.link is not None:
             await self.link.close()
-
-
-def _username() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return ""
 
 
 # ---------------------------------------------------------------------------
