@@ -164,6 +164,10 @@ class CAgent(GObj):
     def mt_pause(self) -> None:
         self.timer.clear_timeout()
 
+    def mt_writing(self, name: str) -> None:
+        if name in ("command_timeout", "kill_grace") and self.attrs[name] <= 0:
+            raise CommandError(f"{name} must be more than 0 seconds")
+
     def mt_stats(self) -> None:
         with self.lock:
             self.attrs["yunos_running"] = sum(1 for e in self.yunos.values() if e.running)

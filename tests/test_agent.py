@@ -245,6 +245,7 @@ def test_kill_yuno_never_signals_a_pid_it_only_heard_of(tmp_path, agent):
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
+        assert ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=0").returncode == 255
         assert ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=1").returncode == 0
         card = ievent.build_identity_card("liar", "echo_tls", "echo_tls", "", "yuneta_agent",
                                           "__default_service__", "x", "h", bystander.pid, yuno_id="spoof")
