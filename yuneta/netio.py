@@ -47,6 +47,11 @@ _LOW_WATER = 16 * 1024
 # Accept at most this many connections per readiness event of a listening socket.
 _ACCEPT_BATCH = 100
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# After we close (all sent, FIN out) we keep reading, and dropping, until the peer's EOF, at
+# most this long: closing with its data unread, or getting more after close, makes the
+# kernel answer with a RST, which destroys whatever we sent that the peer has not read yet.
+_LINGER_TIMEOUT = 5.0
+_DISCARD = bytearray(65536)  # what a lingering socket still receives goes here, unread
 
 _HANDSHAKING, _OPEN, _CLOSING, _CLOSED = range(4)
 
@@ -96,6 +101,9 @@ class IOLoop:
                     task.cancel()
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
+                poller = _pollers.pop(loop, None)
+                if poller is not None:
+                    poller.close(loop)  # its epoll descriptor, now, not when gc gets to it
                 loop.close()
 
         self._loop = loop
@@ -183,6 +191,7 @@ class _EpollPoller:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ep = select.epoll()
         self._callbacks: dict[int, Callable[[int], None]] = {}
+        self.lingering: dict[int, socket.socket] = {}
         loop.add_reader(self._ep.fileno(), self._dispatch)
 
     def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
@@ -196,15 +205,18 @@ class _EpollPoller:
         if self._callbacks.pop(fd, None) is not None:
             self._ep.unregister(fd)
 
-    def forget(self, fd: int) -> None:
-        """`fd` is about to be closed: closing removes it from the epoll, saving a syscall
-        (our sockets are never dup'ed, so the close really releases the description)."""
-        self._callbacks.pop(fd, None)
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        _close_lingering(self)
+        self._callbacks.clear()
+        loop.remove_reader(self._ep.fileno())
+        self._ep.close()
 
     def _dispatch(self) -> None:
         callbacks = self._callbacks
-        # A callback may close a descriptor and an accept reuse its number within one batch:
-        # the new owner then sees a spurious event, which costs it one EAGAIN, nothing more.
+        # Descriptors are unregistered before they are closed, never left for close() to
+        # drop: a copy of the socket elsewhere (a child forked while it was open) would keep
+        # the registration alive, firing for a number that is no longer, or no longer that,
+        # socket. Each fd appears once per poll, so no event of a closed one is still queued.
         for fd, events in self._ep.poll(0, 512):
             callback = callbacks.get(fd)
             if callback is not None:
@@ -218,6 +230,7 @@ class _LoopPoller:
         self._loop = loop
         self._events: dict[int, int] = {}
         self._callbacks: dict[int, Callable[[int], None]] = {}
+        self.lingering: dict[int, socket.socket] = {}
 
     def register(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
         self._events[fd] = 0
@@ -242,7 +255,10 @@ class _LoopPoller:
             self.modify(fd, 0)
             del self._events[fd], self._callbacks[fd]
 
-    forget = unregister
+    def close(self, loop: asyncio.AbstractEventLoop) -> None:
+        _close_lingering(self)
+        self._events.clear()
+        self._callbacks.clear()
 
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
@@ -255,6 +271,46 @@ def _poller(loop: asyncio.AbstractEventLoop) -> Any:
         use_epoll = hasattr(select, "epoll") and isinstance(loop, asyncio.SelectorEventLoop)
         poller = _pollers[loop] = (_EpollPoller if use_epoll else _LoopPoller)(loop)
     return poller
+
+
+def _linger(loop: asyncio.AbstractEventLoop, poller: Any, sock: socket.socket) -> None:
+    """Everything is sent: FIN, then drop what still arrives until the peer's EOF (or
+    `_LINGER_TIMEOUT`), then close. Only for closes we start, so off the hot path."""
+    fd = sock.fileno()
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:  # not connected any more
+        sock.close()
+        return
+
+    def done() -> None:
+        if poller.lingering.get(fd) is sock:
+            del poller.lingering[fd]
+            timer.cancel()
+            poller.unregister(fd)
+            sock.close()
+
+    def on_event(events: int) -> None:
+        try:
+            if sock.recv_into(_DISCARD, 0, _DONTWAIT):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        done()  # EOF or an error
+
+    poller.lingering[fd] = sock
+    poller.register(fd, _READ, on_event)
+    timer = loop.call_later(_LINGER_TIMEOUT, done)
+
+
+def _close_lingering(poller: Any) -> None:
+    """The loop is ending: close what still lingers."""
+    for fd, sock in list(poller.lingering.items()):
+        poller.unregister(fd)
+        sock.close()
+    poller.lingering.clear()
 
 
 class Connection:
@@ -350,12 +406,17 @@ class Connection:
         self._close_socket(None)
 
     def abort(self) -> None:
-        """Drop the connection now, discarding unsent data."""
-        if self._sock is not None and self._state < _CLOSED:
-            if self._state == _HANDSHAKING:
-                self._end_handshake()
-                self._state = _CLOSED
-            self._force_close(None)
+        """Drop the connection now, discarding unsent data; later writes are ignored."""
+        if self._sock is None:
+            return
+        state = self._state
+        if state == _HANDSHAKING:
+            self._end_handshake()
+            self._state = _CLOSED
+        elif state == _OPEN:
+            self._state = _CLOSING  # no more on_data, write() ignored, is_open False
+        # _CLOSING/_CLOSED: possibly still flushing (close(), a failed handshake's alert)
+        self._force_close(None)
 
     @property
     def context(self) -> ssl.SSLContext | None:
@@ -514,7 +575,7 @@ class Connection:
             return
         self._wbuf = None
         if self._state >= _CLOSING and not self._reading:
-            self._lost(None)  # close() was waiting for the buffer to drain
+            self._lost(None, True)  # close() was waiting for the buffer to drain
             return
         if self._state == _OPEN:
             self._reading = True
@@ -604,14 +665,14 @@ class Connection:
         self._force_close(exc)
 
     def _close_socket(self, exc: BaseException | None) -> None:
-        """Stop reading; close once unsent bytes are out (`on_close` in a later callback)."""
+        """Stop reading; once unsent bytes are out, FIN and linger (`on_close` then)."""
         if self._sock is None:
             return
         if self._reading:
             self._reading = False
             self._server._poller.modify(self._fd, _WRITE if self._wbuf is not None else 0)
         if self._wbuf is None:
-            self._server._loop.call_soon(self._lost, exc)  # type: ignore[union-attr]
+            self._server._loop.call_soon(self._lost, exc, True)  # type: ignore[union-attr]
         # else _on_writable calls _lost once the buffer is empty
 
     def _force_close(self, exc: BaseException | None) -> None:
@@ -624,7 +685,7 @@ class Connection:
             self._server._poller.modify(self._fd, 0)
         self._server._loop.call_soon(self._lost, exc)  # type: ignore[union-attr]
 
-    def _lost(self, exc: BaseException | None) -> None:
+    def _lost(self, exc: BaseException | None, linger: bool = False) -> None:
         sock = self._sock
         if sock is None:
             return
@@ -632,24 +693,30 @@ class Connection:
         self._reading = False
         self._wbuf = None
         server = self._server
-        server._poller.forget(self._fd)
-        sock.close()
+        server._poller.unregister(self._fd)
+        if linger:
+            _linger(server._loop, server._poller, sock)  # type: ignore[arg-type]
+        else:
+            sock.close()
         state = self._state
         self._state = _CLOSED
+        # Bookkeeping first: a callback that raises below must not leave us registered.
+        server._conns.discard(self)
+        if not server._conns and not server._socks:
+            server.ioloop._servers.discard(server)  # stopped and empty: IOLoop.stop is done
+        # Drop the SSL object now: it holds the context an old certificate lives in.
+        self._sslobj = self._in = self._out = None
+        handler, self._handler = self._handler, None
         if state == _HANDSHAKING:
             self._end_handshake()
             server._handshake_failed(self, str(exc) if exc else "peer closed during handshake")
-        server._conns.discard(self)
-        # Drop the SSL object now: it holds the context an old certificate lives in.
-        self._sslobj = self._in = self._out = None
-        if state in (_OPEN, _CLOSING):
+        elif state != _CLOSED:  # _OPEN or _CLOSING: on_open ran
             server.connxs -= 1
             try:
-                self._handler.on_close(self, exc)  # type: ignore[union-attr]
+                handler.on_close(self, exc)  # type: ignore[union-attr]
             finally:
                 if server.on_connection_close is not None:
                     server.on_connection_close(self, exc)
-        self._handler = None
 
 
 def _networks(items: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -780,9 +847,13 @@ class TcpServer:
     async def aclose(self, close_connections: bool = False, timeout: float = 5.0) -> None:
         """Coroutine form of `stop_listening`."""
         self._stop_accepting()
-        self.ioloop._servers.discard(self)
         if not close_connections:
+            # Connections stay; IOLoop.stop() still closes them (the last one to go, or
+            # a later aclose(True), forgets the server).
+            if not self._conns:
+                self.ioloop._servers.discard(self)
             return
+        self.ioloop._servers.discard(self)
         for conn in list(self._conns):
             conn.close()
         deadline = time.monotonic() + timeout
