@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from yuneta.command import envelope
@@ -94,14 +93,3 @@ class TCollector(GObj):
     def ac_record(self, event: str, kw: dict, src: Any) -> int:
         self.attrs["received"].append((event, kw, time.monotonic()))
         return 0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll `predicate` until truthy; fail the test on timeout (a hang catcher, not a timer)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")

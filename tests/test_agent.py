@@ -11,7 +11,7 @@ import time
 
 import pytest
 from certs import TestCA
-from kernel_helpers import wait_for
+from clients import wait_for
 from procs import (
     CONFIGS,
     Agent,

@@ -8,7 +8,7 @@ import ssl
 
 import pytest
 from certs import TestCA, serial_of_peer
-from kernel_helpers import wait_for
+from clients import echo, tls_connect, wait_for
 
 from yuneta.config import load_config
 from yuneta.runtime import YunoRuntime
@@ -45,22 +45,6 @@ def yunos():
     yield made
     for rt in made:
         rt.shutdown()
-
-
-def tls_connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(raw, server_hostname=None)
-
-
-def echo(sock: socket.socket, payload: bytes = b"ping") -> bytes:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def served_serial(port: int, ca: TestCA) -> str:

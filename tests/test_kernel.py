@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from kernel_helpers import TLamp, wait_for
+from clients import wait_for
+from kernel_helpers import TLamp
 
 from yuneta.config import load_config
 from yuneta.errors import AttrError, ConfigError

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from certs import TestCA, serial_of_peer
+from clients import echo, tls_connect, wait_for
 
 from yuneta.netio import Connection, Handler, IOLoop, TcpServer
 from yuneta.ytls import Ytls
@@ -36,31 +37,6 @@ def ioloop() -> Iterator[IOLoop]:
     loop.start()
     yield loop
     loop.stop()
-
-
-def tls_connect(port: int, ctx: ssl.SSLContext) -> ssl.SSLSocket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx.wrap_socket(sock)
-
-
-def echo(sock: socket.socket, data: bytes) -> bytes:
-    sock.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def closed_by_server(sock: socket.socket) -> bool:
