@@ -385,9 +385,9 @@ class CAgent(GObj):
         return target.command(command, kw, src=self)
 
     def cmd_view_agent_tree(self, cmd: str, kw: dict, src: Any) -> dict:
+        # The built-in view-gobj-tree, from the root: tree_node only reads, any thread may.
         assert self.runtime is not None and self.runtime.root is not None
-        wanted = [a.strip() for a in str(kw.get("attrs") or "").split(",") if a.strip()]
-        return envelope(0, "", None, self.runtime.root.tree_node(wanted))
+        return self.runtime.root.cmd_view_gobj_tree(cmd, kw, src)
 
     def mt_destroy(self) -> None:
         # Yunos outlive the agent on purpose (they reconnect to the next one); only reap.
