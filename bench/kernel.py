@@ -51,7 +51,9 @@ def run(n: int) -> dict[str, float]:
         results = {
             "pykka ask (bare actor)": _median_us(lambda: bare.ask("x"), n),
             "gobj ask_event (FSM row + action)": _median_us(lambda: lamp.ask_event("EV_NOOP"), n),
-            "gobj command 'dim level=5 reason=x'": _median_us(lambda: lamp.command("dim level=5 reason=x"), n),
+            "gobj command 'dim level=5 reason=x'": _median_us(
+                lambda: lamp.command("dim level=5 reason=x"), n
+            ),
             "command parse+dispatch, no actor hop": _median_us(
                 lambda: lamp._command("dim level=5 reason=x", {}, None), n
             ),

@@ -40,8 +40,10 @@ NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
 def make_cert(directory: Path, kind: str) -> tuple[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ec" else rsa.generate_private_key(
-        public_exponent=65537, key_size=2048
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if kind == "ec"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench-{kind}")])
     now = dt.datetime.now(dt.UTC)
@@ -72,9 +74,21 @@ class PyServer:
 
     def __init__(self, mode: str, cert: tuple[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", "--mode", mode, "--cert", cert[0],
-             "--key", cert[1]],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "bench.server",
+                "--mode",
+                mode,
+                "--cert",
+                cert[0],
+                "--key",
+                cert[1],
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.port = int(self.proc.stdout.readline())  # type: ignore[union-attr]
 
@@ -125,7 +139,8 @@ class NginxServer:
         )
         self.proc = subprocess.Popen(
             ["nginx", "-p", str(prefix), "-c", str(conf), "-e", f"{prefix}/error.log"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.worker = 0
         deadline = time.monotonic() + 10
@@ -157,8 +172,9 @@ def client(port: int, mode: str, **opts: int) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "bench.client", "--port", str(port), "--mode", mode]
     for k, v in opts.items():
         argv += [f"--{k}", str(v)]
-    return subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
 def expect(proc: subprocess.Popen[str], word: str) -> None:
@@ -230,8 +246,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--idle", type=int, default=10000, help="idle TLS connections (a)")
     ap.add_argument("--handshakes", type=int, default=2000, help="handshakes per figure (b)")
-    ap.add_argument("--hs-rounds", type=int, default=3,
-                    help="alternating netio/nginx rounds for (b); medians are reported")
+    ap.add_argument(
+        "--hs-rounds",
+        type=int,
+        default=3,
+        help="alternating netio/nginx rounds for (b); medians are reported",
+    )
     ap.add_argument("--echo-conns", type=int, default=1000, help="connections for (c)")
     ap.add_argument("--echo-rounds", type=int, default=30, help="round trips per conn (c)")
     ap.add_argument("--kernel-calls", type=int, default=5000, help="calls per kernel figure")

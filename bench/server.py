@@ -84,8 +84,9 @@ def main() -> None:
             loop.create_server(EchoProto, "127.0.0.1", 0, ssl=ctx, backlog=4096)
         )
     print(srv.sockets[0].getsockname()[1], flush=True)
-    threading.Thread(target=lambda: (control_loop(), loop.call_soon_threadsafe(loop.stop)),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: (control_loop(), loop.call_soon_threadsafe(loop.stop)), daemon=True
+    ).start()
     loop.run_forever()
 
 

@@ -42,10 +42,28 @@ GCLASS = GClassDef(
     name="C_AGENT",
     description="Yuneta agent: yuno launcher, supervisor and command router",
     attrs=(
-        Attr("real", "command_timeout", Flag.RD | Flag.WR, 10.0, "Seconds to wait for a yuno's answer"),
-        Attr("real", "kill_grace", Flag.RD | Flag.WR, 5.0, "Seconds a yuno has to stop before SIGKILL"),
+        Attr(
+            "real",
+            "command_timeout",
+            Flag.RD | Flag.WR,
+            10.0,
+            "Seconds to wait for a yuno's answer",
+        ),
+        Attr(
+            "real",
+            "kill_grace",
+            Flag.RD | Flag.WR,
+            5.0,
+            "Seconds a yuno has to stop before SIGKILL",
+        ),
         Attr("str", "yunos_cafile", Flag.RD, "", "CA file launched yunos trust for a wss:// agent"),
-        Attr("int", "check_msec", Flag.RD, 1000, "Milliseconds between checks of the yunos' processes"),
+        Attr(
+            "int",
+            "check_msec",
+            Flag.RD,
+            1000,
+            "Milliseconds between checks of the yunos' processes",
+        ),
         Attr("int", "yunos_running", Flag.RSTATS, 0, "Yunos running now"),
         Attr("int", "yunos_launched", Flag.RSTATS, 0, "Yunos launched by run-yuno"),
     ),
@@ -61,7 +79,9 @@ GCLASS = GClassDef(
             ),
             "Launch a yuno (yuneta run -f ...) supervised by this agent",
         ),
-        Command("kill-yuno", "cmd_kill_yuno", FILTERS, "Stop the matching yunos (SIGTERM, then SIGKILL)"),
+        Command(
+            "kill-yuno", "cmd_kill_yuno", FILTERS, "Stop the matching yunos (SIGTERM, then SIGKILL)"
+        ),
         Command(
             "command-yuno",
             "cmd_command_yuno",
@@ -77,7 +97,10 @@ GCLASS = GClassDef(
         Command(
             "command-agent",
             "cmd_command_agent",
-            (Param("str", "command", "", "Command"), Param("str", "service", "", "Service of the agent")),
+            (
+                Param("str", "command", "", "Command"),
+                Param("str", "service", "", "Service of the agent"),
+            ),
             "Run a command on a service of the agent itself",
             wild=True,
         ),
@@ -181,6 +204,7 @@ class CAgent(GObj):
 
     def match(self, kw: dict, *, running_only: bool = False) -> list[YunoEntry]:
         """Entries matching the id / yuno_role / yuno_name filters (case-insensitive)."""
+
         def same(a: str, b: str) -> bool:
             return not b or a.lower() == b.lower()
 
@@ -188,8 +212,10 @@ class CAgent(GObj):
             return [
                 e
                 for e in self.yunos.values()
-                if same(e.id, kw.get("id", "")) and same(e.yuno_role, kw.get("yuno_role", ""))
-                and same(e.yuno_name, kw.get("yuno_name", "")) and (e.running or not running_only)
+                if same(e.id, kw.get("id", ""))
+                and same(e.yuno_role, kw.get("yuno_role", ""))
+                and same(e.yuno_name, kw.get("yuno_name", ""))
+                and (e.running or not running_only)
             ]
 
     def link_opened(self, channel: Channel) -> None:
@@ -208,8 +234,15 @@ class CAgent(GObj):
             entry.channel = channel
             entry.running = True
             self.yunos[yuno_id] = entry
-        self.log("info", "yuno connected", id=yuno_id, yuno_role=entry.yuno_role,
-                 yuno_name=entry.yuno_name, pid=entry.pid, launched=entry.launched)
+        self.log(
+            "info",
+            "yuno connected",
+            id=yuno_id,
+            yuno_role=entry.yuno_role,
+            yuno_name=entry.yuno_name,
+            pid=entry.pid,
+            launched=entry.launched,
+        )
 
     def link_closed(self, channel: Channel) -> None:
         """A peer's link closed (I/O loop thread). A yuno the agent did not launch is known
@@ -221,7 +254,13 @@ class CAgent(GObj):
                 if e.process is None:
                     e.running = False
         for e in entries:
-            self.log("warning", "yuno disconnected", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
+            self.log(
+                "warning",
+                "yuno disconnected",
+                id=e.id,
+                yuno_role=e.yuno_role,
+                yuno_name=e.yuno_name,
+            )
 
     def ac_check_yunos(self, event: str, kw: dict, src: Any) -> int:
         died = []
@@ -231,8 +270,15 @@ class CAgent(GObj):
                     e.running, e.exit_code = False, e.process.returncode
                     died.append(e)
         for e in died:
-            self.log("warning", "yuno died", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
-                     pid=e.pid, exit_code=e.exit_code)
+            self.log(
+                "warning",
+                "yuno died",
+                id=e.id,
+                yuno_role=e.yuno_role,
+                yuno_name=e.yuno_name,
+                pid=e.pid,
+                exit_code=e.exit_code,
+            )
         return 0
 
     # ----- commands -----------------------------------------------------------------
@@ -260,7 +306,10 @@ class CAgent(GObj):
             link.update(agent_jwt=server.yuno_credential(), agent_cafile=self.attrs["yunos_cafile"])
         override = {
             "yuno": link,
-            "__json_config_variables__": {"agent_url": server.real_url, **(kw.get("variables") or {})},
+            "__json_config_variables__": {
+                "agent_url": server.real_url,
+                **(kw.get("variables") or {}),
+            },
         }
         # 0600: it may carry the token the yuno presents to this agent.
         write_json_atomic(run_dir / "agent-override.json", override, mode=0o600)
@@ -270,27 +319,46 @@ class CAgent(GObj):
         log_path = run_dir / "yuno.log"
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(  # an argument list: never a shell
-                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True, cwd=os.getcwd(),
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,
+                cwd=os.getcwd(),
             )
-        entry = YunoEntry(id=yuno_id, config=files, pid=process.pid, running=True, launched=True, process=process)
+        entry = YunoEntry(
+            id=yuno_id, config=files, pid=process.pid, running=True, launched=True, process=process
+        )
         with self.lock:
             self.yunos[yuno_id] = entry
         self.attrs["yunos_launched"] += 1
-        self.log("info", "yuno launched", id=yuno_id, pid=process.pid, config=files, log=str(log_path))
-        return then(self.runtime.io_loop.run(_wait_connected(entry, kw.get("wait") or 0.0)),
-                    lambda _: self._launch_answer(entry, log_path, bool(kw.get("wait"))))
+        self.log(
+            "info", "yuno launched", id=yuno_id, pid=process.pid, config=files, log=str(log_path)
+        )
+        return then(
+            self.runtime.io_loop.run(_wait_connected(entry, kw.get("wait") or 0.0)),
+            lambda _: self._launch_answer(entry, log_path, bool(kw.get("wait"))),
+        )
 
     def _launch_answer(self, entry: YunoEntry, log_path: Path, waited: bool) -> dict:
         if entry.connected:
-            return envelope(0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
+            return envelope(
+                0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()]
+            )
         code = entry.process.poll() if entry.process is not None else None
         if code is not None:
             entry.running, entry.exit_code = False, code
             self.log("error", "yuno exited at start", id=entry.id, exit_code=code)
-            return envelope(-1, f"yuno exited at start with code {code}: {_tail(log_path)}", YUNO_SCHEMA, [entry.row()])
+            return envelope(
+                -1,
+                f"yuno exited at start with code {code}: {_tail(log_path)}",
+                YUNO_SCHEMA,
+                [entry.row()],
+            )
         comment = "launched, not connected yet" if waited else "launched"
-        return envelope(0, f"yuno {entry.id} {comment}, pid {entry.pid}", YUNO_SCHEMA, [entry.row()])
+        return envelope(
+            0, f"yuno {entry.id} {comment}, pid {entry.pid}", YUNO_SCHEMA, [entry.row()]
+        )
 
     def cmd_kill_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         if not any(kw.get(k) for k in ("id", "yuno_role", "yuno_name")):
@@ -300,8 +368,10 @@ class CAgent(GObj):
             raise CommandError("Yuno not found")
         grace = float(self.attrs["kill_grace"])
         assert self.runtime is not None
-        return then(self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate)),
-                    lambda _: self._kill_answer(targets))
+        return then(
+            self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate)),
+            lambda _: self._kill_answer(targets),
+        )
 
     def _shutdown_gate(self, e: YunoEntry) -> ievent.Gate:
         return self._gate(e, "__yuno__")
@@ -312,15 +382,30 @@ class CAgent(GObj):
             for e in targets:
                 (alive if e.running else stopped).append(e)
         for e in stopped:
-            self.log("info", "yuno killed", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name,
-                     pid=e.pid, exit_code=e.exit_code)
+            self.log(
+                "info",
+                "yuno killed",
+                id=e.id,
+                yuno_role=e.yuno_role,
+                yuno_name=e.yuno_name,
+                pid=e.pid,
+                exit_code=e.exit_code,
+            )
         for e in alive:
-            self.log("error", "yuno did not stop", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
+            self.log(
+                "error", "yuno did not stop", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name
+            )
         names = ", ".join(e.label for e in stopped)
         if alive:
-            return envelope(-1, f"{len(alive)} yuno(s) did not stop: {', '.join(e.label for e in alive)}",
-                            YUNO_SCHEMA, [e.row() for e in targets])
-        return envelope(0, f"{len(stopped)} yuno(s) killed: {names}", YUNO_SCHEMA, [e.row() for e in targets])
+            return envelope(
+                -1,
+                f"{len(alive)} yuno(s) did not stop: {', '.join(e.label for e in alive)}",
+                YUNO_SCHEMA,
+                [e.row() for e in targets],
+            )
+        return envelope(
+            0, f"{len(stopped)} yuno(s) killed: {names}", YUNO_SCHEMA, [e.row() for e in targets]
+        )
 
     def cmd_command_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         command = (kw.pop("command", "") or "").strip()
@@ -336,11 +421,17 @@ class CAgent(GObj):
         assert self.runtime is not None and self.runtime.root is not None
         root = self.runtime.root.attrs
         return ievent.Gate(
-            src_yuno=root["yuno_name"], src_role=root["yuno_role"], src_service=self.name,
-            dst_yuno=e.yuno_name, dst_role=e.yuno_role, dst_service=service or "__default_service__",
+            src_yuno=root["yuno_name"],
+            src_role=root["yuno_role"],
+            src_service=self.name,
+            dst_yuno=e.yuno_name,
+            dst_role=e.yuno_role,
+            dst_service=service or "__default_service__",
         )
 
-    def command_yunos(self, targets: list[YunoEntry], command: str, kw: dict) -> concurrent.futures.Future:
+    def command_yunos(
+        self, targets: list[YunoEntry], command: str, kw: dict
+    ) -> concurrent.futures.Future:
         """Send `command` to every target at once; a Future of one envelope gathering one
         answer per yuno. The actor is free while the yunos answer."""
         service = kw.pop("service", "") or ""
@@ -353,14 +444,24 @@ class CAgent(GObj):
         assert self.runtime is not None
         calls = [(e.channel, self._gate(e, service)) for e in targets]
         verb = command.split(" ", 1)[0]
-        pending = request_all(self.runtime.io_loop, calls, command, params, float(self.attrs["command_timeout"]))
+        pending = request_all(
+            self.runtime.io_loop, calls, command, params, float(self.attrs["command_timeout"])
+        )
         return then(pending, lambda answers: self._gather(targets, answers, verb, service, gobj))
 
-    def _gather(self, targets: list[YunoEntry], answers: list[dict], verb: str, service: str, gobj: str) -> dict:
+    def _gather(
+        self, targets: list[YunoEntry], answers: list[dict], verb: str, service: str, gobj: str
+    ) -> dict:
         data = [
-            {"id": e.id, "yuno_role": e.yuno_role, "yuno_name": e.yuno_name,
-             "result": a.get("result", -1), "comment": a.get("comment") or "",
-             "schema": a.get("schema"), "data": a.get("data")}
+            {
+                "id": e.id,
+                "yuno_role": e.yuno_role,
+                "yuno_name": e.yuno_name,
+                "result": a.get("result", -1),
+                "comment": a.get("comment") or "",
+                "schema": a.get("schema"),
+                "data": a.get("data"),
+            }
             for e, a in zip(targets, answers, strict=True)
         ]
         failed = sum(1 for d in data if d["result"] < 0)
@@ -369,8 +470,15 @@ class CAgent(GObj):
             comment = own if own.startswith(label) else f"{label}: {own}"
         else:
             comment = f"{len(data)} yuno(s) answered, {failed} failed"
-        self.log("warning" if failed else "info", "command-yuno", command=verb, service=service,
-                 target_gobj=gobj, yunos=len(data), failed=failed)
+        self.log(
+            "warning" if failed else "info",
+            "command-yuno",
+            command=verb,
+            service=service,
+            target_gobj=gobj,
+            yunos=len(data),
+            failed=failed,
+        )
         return envelope(-1 if failed else 0, comment, None, data)
 
     def cmd_command_agent(self, cmd: str, kw: dict, src: Any) -> dict:
@@ -406,7 +514,9 @@ async def _wait_connected(entry: YunoEntry, wait: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _stop_all(targets: list[YunoEntry], grace: float, gate: Callable[[YunoEntry], ievent.Gate]) -> None:
+async def _stop_all(
+    targets: list[YunoEntry], grace: float, gate: Callable[[YunoEntry], ievent.Gate]
+) -> None:
     """Stop every target at once: SIGTERM (then SIGKILL) for the agent's own children;
     yunos started by hand are asked to shut down over their link. The agent never signals
     a pid it only heard of: an identity card's pid proves nothing."""

@@ -62,7 +62,9 @@ class CIEventCli(GObj):
             owner=self.full_name,
             session_factory=session,
             card_extra={"yuno_id": root["yuno_id"], "config_files": root["config_files"]},
-            md_yuno=ievent.md_yuno(root["realm_name"], root["yuno_role"], root["yuno_name"], root["yuno_id"]),
+            md_yuno=ievent.md_yuno(
+                root["realm_name"], root["yuno_role"], root["yuno_name"], root["yuno_id"]
+            ),
             on_command=self._on_command,
             on_state=self._on_state,
             ssl_context=self._ssl_context(),

@@ -30,9 +30,21 @@ GCLASS = GClassDef(
     name="C_IEVENT_SRV",
     description="Inter-event (WebSocket) server: identity cards, commands, answers",
     attrs=(
-        Attr("str", "url", Flag.RD | Flag.REQUIRED, "ws://127.0.0.1:1991", "ws://host:port or wss://host:port"),
+        Attr(
+            "str",
+            "url",
+            Flag.RD | Flag.REQUIRED,
+            "ws://127.0.0.1:1991",
+            "ws://host:port or wss://host:port",
+        ),
         *TLS_ATTRS,
-        Attr("list", "auth_tokens", Flag.NONE, [], "Tokens accepted in the identity card's jwt (never shown)"),
+        Attr(
+            "list",
+            "auth_tokens",
+            Flag.NONE,
+            [],
+            "Tokens accepted in the identity card's jwt (never shown)",
+        ),
         Attr("int", "max_frame_size", Flag.RD, 1048576, "Largest accepted frame, bytes"),
         Attr("str", "lHost", Flag.RD, "", "Host listening on"),
         Attr("int", "lPort", Flag.RD, 0, "Port listening on"),
@@ -67,11 +79,17 @@ class CIEventSrv(TlsListener, GObj):
             raise AttrError(GCLASS.name, "url", str(exc)) from None
         if not _is_loopback(host):
             if not use_ssl:
-                raise AttrError(GCLASS.name, "url",
-                                f"{attrs['url']}: a non-loopback address needs wss:// (TLS) and auth_tokens")
+                raise AttrError(
+                    GCLASS.name,
+                    "url",
+                    f"{attrs['url']}: a non-loopback address needs wss:// (TLS) and auth_tokens",
+                )
             if not attrs["auth_tokens"]:
-                raise AttrError(GCLASS.name, "auth_tokens",
-                                f"{attrs['url']}: a non-loopback address needs at least one token")
+                raise AttrError(
+                    GCLASS.name,
+                    "auth_tokens",
+                    f"{attrs['url']}: a non-loopback address needs at least one token",
+                )
 
     def mt_create(self) -> None:
         _scheme, host, port, use_ssl = parse_url(self.attrs["url"], ("ws", "wss"))
@@ -83,7 +101,9 @@ class CIEventSrv(TlsListener, GObj):
         self.server: WsServer | None = None
         self._listeners: list[tuple[Callable[[Channel], None], Callable[[Channel], None]]] = []
 
-    def add_channel_listener(self, on_open: Callable[[Channel], None], on_close: Callable[[Channel], None]) -> None:
+    def add_channel_listener(
+        self, on_open: Callable[[Channel], None], on_close: Callable[[Channel], None]
+    ) -> None:
         """Call on_open / on_close (in the I/O loop thread: thread-safe, cheap) for every peer
         whose identity card is accepted, and when it goes."""
         self._listeners.append((on_open, on_close))
@@ -128,7 +148,13 @@ class CIEventSrv(TlsListener, GObj):
             max_frame_size=self.attrs["max_frame_size"],
         )
         self.attrs["lPort"] = self.server.start()
-        self.log("info", "inter-event server listening", url=self.attrs["url"], port=self.attrs["lPort"], **self.cert_fields())
+        self.log(
+            "info",
+            "inter-event server listening",
+            url=self.attrs["url"],
+            port=self.attrs["lPort"],
+            **self.cert_fields(),
+        )
 
     def mt_stop(self) -> None:
         if self.server is not None:

@@ -30,12 +30,20 @@ GCLASS = GClassDef(
     name="C_TCP_S",
     description="TCP/TLS server listener with hot certificate reload",
     attrs=(
-        Attr("str", "url", Flag.RD | Flag.REQUIRED, "", "tcp://host:port or tcps://host:port (port 0: any free port)"),
+        Attr(
+            "str",
+            "url",
+            Flag.RD | Flag.REQUIRED,
+            "",
+            "tcp://host:port or tcps://host:port (port 0: any free port)",
+        ),
         *TLS_ATTRS,
         Attr("str", "lHost", Flag.RD, "", "Host listening on"),
         Attr("int", "lPort", Flag.RD, 0, "Port listening on (the real one when url's port is 0)"),
         Attr("int", "backlog", Flag.RD, 511, "Listen backlog"),
-        Attr("list", "only_allowed_ips", Flag.RD, [], "IPs or CIDRs allowed to connect (empty: all)"),
+        Attr(
+            "list", "only_allowed_ips", Flag.RD, [], "IPs or CIDRs allowed to connect (empty: all)"
+        ),
         Attr("str", "protocol", Flag.RD, "echo", "Protocol of accepted connections"),
         Attr("real", "handshake_timeout", Flag.RD, 10.0, "Seconds a TLS handshake may take"),
         Attr("int", "connxs", Flag.RSTATS, 0, "Connections open now"),
@@ -57,7 +65,9 @@ def find_protocol(name: str) -> Callable[[], Handler]:
         return PROTOCOLS[name]
     module, _, attr = name.partition(":")
     if not attr:
-        raise ValueError(f"unknown protocol {name!r} (known: {', '.join(PROTOCOLS)}, or module:Class)")
+        raise ValueError(
+            f"unknown protocol {name!r} (known: {', '.join(PROTOCOLS)}, or module:Class)"
+        )
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
@@ -70,8 +80,10 @@ class CTcpS(TlsListener, GObj):
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
-        for name, check in (("url", lambda: parse_url(attrs["url"], SCHEMES)),
-                            ("protocol", lambda: find_protocol(attrs["protocol"]))):
+        for name, check in (
+            ("url", lambda: parse_url(attrs["url"], SCHEMES)),
+            ("protocol", lambda: find_protocol(attrs["protocol"])),
+        ):
             try:
                 check()
             except ValueError as exc:
@@ -102,7 +114,13 @@ class CTcpS(TlsListener, GObj):
         )
         self.attrs["lPort"] = self.server.start_listening()
         self.change_state("ST_LISTENING")
-        self.log("info", "listening", url=self.attrs["url"], port=self.attrs["lPort"], **self.cert_fields())
+        self.log(
+            "info",
+            "listening",
+            url=self.attrs["url"],
+            port=self.attrs["lPort"],
+            **self.cert_fields(),
+        )
 
     def mt_stop(self) -> None:
         if self.server is not None:

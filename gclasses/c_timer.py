@@ -21,7 +21,9 @@ GCLASS = GClassDef(
     description="One-shot or periodic timer",
     attrs=(
         Attr("int", "msec", Flag.RD | Flag.WR, 0, "Period or timeout in milliseconds"),
-        Attr("bool", "periodic", Flag.RD | Flag.WR, False, "Publish EV_TIMEOUT_PERIODIC every msec"),
+        Attr(
+            "bool", "periodic", Flag.RD | Flag.WR, False, "Publish EV_TIMEOUT_PERIODIC every msec"
+        ),
         Attr("bool", "subscribe_parent", Flag.RD, True, "The parent receives the timeouts"),
         Attr("int", "ticks", Flag.RSTATS, 0, "Timeouts published since creation"),
     ),

@@ -35,19 +35,61 @@ GCLASS = GClassDef(
         Attr("list", "config_files", Flag.RD, [], "Config files this yuno was started from"),
         Attr("str", "agent_url", Flag.RD, "", "URL of the agent to connect to; empty: none"),
         Attr("str", "agent_jwt", Flag.NONE, "", "Token presented to a wss:// agent (never shown)"),
-        Attr("str", "agent_cafile", Flag.RD, "", "CA file to verify a wss:// agent (empty: system CAs)"),
+        Attr(
+            "str",
+            "agent_cafile",
+            Flag.RD,
+            "",
+            "CA file to verify a wss:// agent (empty: system CAs)",
+        ),
         Attr("int", "timeout_periodic", RW, 1000, "Milliseconds between periodic ticks"),
-        Attr("int", "timeout_cert_check", RW | Flag.PERSIST, 3600, "Seconds between certificate expiry scans (0 disables)"),
-        Attr("int", "cert_warn_days", RW | Flag.PERSIST, 7, "days_remaining at or below this logs a warning"),
-        Attr("int", "cert_critical_days", RW | Flag.PERSIST, 2, "days_remaining at or below this logs critical"),
+        Attr(
+            "int",
+            "timeout_cert_check",
+            RW | Flag.PERSIST,
+            3600,
+            "Seconds between certificate expiry scans (0 disables)",
+        ),
+        Attr(
+            "int",
+            "cert_warn_days",
+            RW | Flag.PERSIST,
+            7,
+            "days_remaining at or below this logs a warning",
+        ),
+        Attr(
+            "int",
+            "cert_critical_days",
+            RW | Flag.PERSIST,
+            2,
+            "days_remaining at or below this logs critical",
+        ),
         Attr("int", "last_cert_check", Flag.RSTATS, 0, "Unix time of the last expiry scan"),
         Attr("int", "periodic_ticks", Flag.RSTATS, 0, "Periodic ticks since start"),
     ),
     commands=(
-        Command("view-services", "cmd_view_services", (), "List the services of this yuno", ("services",)),
-        Command("reload-certs", "cmd_reload_certs", (), "Reload the certificates of every running TLS listener"),
-        Command("shutdown", "cmd_shutdown", (), "Stop this yuno: every gobj bottom-up, then exit 0"),
-        Command("view-cert", "cmd_view_cert", (), "Certificates served by every TLS listener of this yuno"),
+        Command(
+            "view-services",
+            "cmd_view_services",
+            (),
+            "List the services of this yuno",
+            ("services",),
+        ),
+        Command(
+            "reload-certs",
+            "cmd_reload_certs",
+            (),
+            "Reload the certificates of every running TLS listener",
+        ),
+        Command(
+            "shutdown", "cmd_shutdown", (), "Stop this yuno: every gobj bottom-up, then exit 0"
+        ),
+        Command(
+            "view-cert",
+            "cmd_view_cert",
+            (),
+            "Certificates served by every TLS listener of this yuno",
+        ),
         Command(
             "cert-expiry-status",
             "cmd_cert_expiry_status",
@@ -70,11 +112,16 @@ class CYuno(GObj):
         self._last_cert_check = 0.0
         self.timer = create_gobj("__periodic_timer__", "C_TIMER", {}, self)
         if self.attrs["agent_url"]:
-            create_gobj("__agent_link__", "C_IEVENT_CLI", {
-                "url": self.attrs["agent_url"],
-                "jwt": self.attrs["agent_jwt"],
-                "cafile": self.attrs["agent_cafile"],
-            }, self)
+            create_gobj(
+                "__agent_link__",
+                "C_IEVENT_CLI",
+                {
+                    "url": self.attrs["agent_url"],
+                    "jwt": self.attrs["agent_jwt"],
+                    "cafile": self.attrs["agent_cafile"],
+                },
+                self,
+            )
 
     def mt_play(self) -> None:
         # The first scan comes with the first tick: a certificate that expires tomorrow
@@ -117,7 +164,12 @@ class CYuno(GObj):
         for listener in self.tls_listeners():
             answer = listener.command("view-cert")
             if answer["result"] < 0:
-                self.log("error", "cannot read listener certificate", listener=listener.name, comment=answer["comment"])
+                self.log(
+                    "error",
+                    "cannot read listener certificate",
+                    listener=listener.name,
+                    comment=answer["comment"],
+                )
                 continue
             info = answer["data"]
             details.append({"gobj": listener.name, **info})
@@ -140,7 +192,9 @@ class CYuno(GObj):
         details = []
         for listener in self.tls_listeners():
             answer = listener.command("reload-certs", src=self)
-            details.append({"gobj": listener.name, "result": answer["result"], "comment": answer["comment"]})
+            details.append(
+                {"gobj": listener.name, "result": answer["result"], "comment": answer["comment"]}
+            )
         reloaded = sum(1 for d in details if d["result"] >= 0)
         failed = len(details) - reloaded
         comment = f"{self.role_name}: reloaded {reloaded} TLS listener(s), {failed} failed"

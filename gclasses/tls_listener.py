@@ -16,14 +16,31 @@ from yuneta.gclass import Attr, Command, Flag
 from yuneta.ytls import TlsError, Ytls
 
 #: The URL scheme decides TLS (SPEC 4): these are secure, their plain twins are not.
-SECURE_SCHEMES = {"tcps": True, "ssl": True, "wss": True, "https": True, "mqtts": True, "udps": True,
-                  "tcp": False, "ws": False, "http": False, "mqtt": False, "udp": False}
+SECURE_SCHEMES = {
+    "tcps": True,
+    "ssl": True,
+    "wss": True,
+    "https": True,
+    "mqtts": True,
+    "udps": True,
+    "tcp": False,
+    "ws": False,
+    "http": False,
+    "mqtt": False,
+    "udp": False,
+}
 
 NOT_TLS = "Listener is not TLS-enabled or not running"
 NO_CERT = "Listener is not TLS-enabled or has no certificate"
 
 TLS_ATTRS = (
-    Attr("dict", "crypto", Flag.RD | Flag.WR, {}, "TLS settings: ssl_certificate, ssl_certificate_key, ..."),
+    Attr(
+        "dict",
+        "crypto",
+        Flag.RD | Flag.WR,
+        {},
+        "TLS settings: ssl_certificate, ssl_certificate_key, ...",
+    ),
     Attr("bool", "use_ssl", Flag.RD, False, "TLS enabled (from the URL scheme)"),
     Attr("int", "reloads", Flag.RSTATS, 0, "Successful certificate reloads"),
     Attr("int", "reload_failures", Flag.RSTATS, 0, "Refused certificate reloads"),
@@ -69,7 +86,11 @@ class TlsListener:
         if self.ytls is None:
             return {}
         info = self.ytls.cert_info()
-        return {"subject": info["subject"], "serial": info["serial"], "not_after": info["not_after"]}
+        return {
+            "subject": info["subject"],
+            "serial": info["serial"],
+            "not_after": info["not_after"],
+        }
 
     def reload_tls(self) -> dict[str, Any]:
         """Build, validate and swap in a context from `crypto`; CommandError when refused."""
@@ -80,13 +101,25 @@ class TlsListener:
         except TlsError as exc:
             self.attrs["reload_failures"] += 1
             self.attrs["last_reload_error"] = str(exc)
-            self.log("error", "TLS reload refused, old certificate kept", error=str(exc), key=exc.key, path=exc.path)
+            self.log(
+                "error",
+                "TLS reload refused, old certificate kept",
+                error=str(exc),
+                key=exc.key,
+                path=exc.path,
+            )
             raise CommandError(str(exc)) from None
         self.attrs["reloads"] += 1
         self.attrs["last_reload_error"] = ""
         info = self.ytls.cert_info()
-        self.log("info", "TLS certificates reloaded", subject=info["subject"], serial=info["serial"],
-                 not_after=info["not_after"], days_remaining=info["days_remaining"])
+        self.log(
+            "info",
+            "TLS certificates reloaded",
+            subject=info["subject"],
+            serial=info["serial"],
+            not_after=info["not_after"],
+            days_remaining=info["days_remaining"],
+        )
         return info
 
     def mt_writing(self, name: str) -> None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """TLS echo client for the demo: `probe` connects once, `hold` keeps one session echoing.
 
-    demo-client.py probe PORT CAFILE        -> prints the serial the server presented
-    demo-client.py hold PORT CAFILE SECONDS -> one session echoing every 0.2 s; prints a
-                                               line per second and exits 1 if an echo fails
+demo-client.py probe PORT CAFILE        -> prints the serial the server presented
+demo-client.py hold PORT CAFILE SECONDS -> one session echoing every 0.2 s; prints a
+                                           line per second and exits 1 if an echo fails
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def connect(port: int, cafile: str) -> ssl.SSLSocket:
 
 
 def serial(sock: ssl.SSLSocket) -> str:
-    return format(x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).serial_number, "X")
+    return format(
+        x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).serial_number, "X"
+    )
 
 
 def echo(sock: ssl.SSLSocket, payload: bytes) -> bool:

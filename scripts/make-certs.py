@@ -45,15 +45,29 @@ def load_or_make_ca(store: Path) -> tuple[x509.Certificate, ec.EllipticCurvePriv
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Yuneta demo CA")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
-    _write(ca_key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()), 0o600)
+    _write(
+        ca_key,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
     _write(ca_crt, _pem(cert), 0o644)
     return cert, key
 
@@ -67,17 +81,30 @@ def issue(store: Path, name: str, days: float) -> x509.Certificate:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject).public_key(key.public_key())
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     # Key first: a reader that sees the new certificate then finds its key already there.
-    _write(store / "private" / f"{name}.key", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
+    _write(
+        store / "private" / f"{name}.key",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
     _write(store / f"{name}.chain", _pem(ca), 0o644)
     _write(store / f"{name}.crt", _pem(cert) + _pem(ca), 0o644)
     return cert
@@ -90,8 +117,10 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=90, help="validity in days")
     args = parser.parse_args()
     cert = issue(Path(args.store), args.name, args.days)
-    print(f"{args.store}/{args.name}.crt serial {format(cert.serial_number, 'X')} "
-          f"valid until {cert.not_valid_after_utc.isoformat()}")
+    print(
+        f"{args.store}/{args.name}.crt serial {format(cert.serial_number, 'X')} "
+        f"valid until {cert.not_valid_after_utc.isoformat()}"
+    )
 
 
 if __name__ == "__main__":

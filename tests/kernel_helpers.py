@@ -27,7 +27,9 @@ T_LAMP = GClassDef(
             (Param("int", "level", 10, "New level"), Param("str", "reason", "", "Why")),
             "Dim the lamp",
         ),
-        Command("anything", "cmd_anything", (Param("str", "a", "", "a"),), "Wild command", wild=True),
+        Command(
+            "anything", "cmd_anything", (Param("str", "a", "", "a"),), "Wild command", wild=True
+        ),
         Command("explode", "cmd_explode", (), "Raises an unexpected error"),
     ),
     input_events=("EV_ON", "EV_OFF", "EV_BOOM", "EV_NOOP"),

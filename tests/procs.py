@@ -40,7 +40,9 @@ def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited with {proc.returncode} before listening on {port}")
+            raise AssertionError(
+                f"process exited with {proc.returncode} before listening on {port}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
@@ -58,15 +60,29 @@ class Agent:
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log = workdir / "agent.log"
         variables = {"agent_url": self.url, "work_dir": str(workdir / "agent")}
-        self.override = write_json(workdir / "agent-override.json",
-                                   {"__json_config_variables__": variables, **(extra or {})})
+        self.override = write_json(
+            workdir / "agent-override.json",
+            {"__json_config_variables__": variables, **(extra or {})},
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Agent:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "yuneta", "run", "-f", str(CONFIGS / "agent.json"), "-f", str(self.override)],
-                stdout=log, stderr=log, env=child_env(), cwd=self.workdir,
+                [
+                    sys.executable,
+                    "-m",
+                    "yuneta",
+                    "run",
+                    "-f",
+                    str(CONFIGS / "agent.json"),
+                    "-f",
+                    str(self.override),
+                ],
+                stdout=log,
+                stderr=log,
+                env=child_env(),
+                cwd=self.workdir,
             )
         wait_port(self.port, proc=self.proc)
         return self
@@ -91,11 +107,26 @@ class Agent:
         return out
 
 
-def ycommand(url: str, *command: str, wait: float = 15.0, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+def ycommand(
+    url: str, *command: str, wait: float = 15.0, extra: list[str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the real ycommand executable; returns the completed process (text)."""
     return subprocess.run(
-        [sys.executable, "-m", "yuneta.ycommand", "-u", url, "-w", str(wait), *(extra or []), *command],
-        capture_output=True, text=True, timeout=wait * 4 + 30, env=child_env(),
+        [
+            sys.executable,
+            "-m",
+            "yuneta.ycommand",
+            "-u",
+            url,
+            "-w",
+            str(wait),
+            *(extra or []),
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=wait * 4 + 30,
+        env=child_env(),
     )
 
 

@@ -25,14 +25,21 @@ from procs import (
 
 
 def yuno_override(tmp_path, name: str, crypto: dict, agent_url: str = "") -> str:
-    return str(write_json(tmp_path / f"{name}.json", {"__json_config_variables__": {
-        "yuno_name": name,
-        "url": "tcps://127.0.0.1:0",
-        "ssl_certificate": crypto["ssl_certificate"],
-        "ssl_certificate_key": crypto["ssl_certificate_key"],
-        "agent_url": agent_url,
-        "work_dir": str(tmp_path / name),
-    }}))
+    return str(
+        write_json(
+            tmp_path / f"{name}.json",
+            {
+                "__json_config_variables__": {
+                    "yuno_name": name,
+                    "url": "tcps://127.0.0.1:0",
+                    "ssl_certificate": crypto["ssl_certificate"],
+                    "ssl_certificate_key": crypto["ssl_certificate_key"],
+                    "agent_url": agent_url,
+                    "work_dir": str(tmp_path / name),
+                }
+            },
+        )
+    )
 
 
 @pytest.fixture
@@ -52,8 +59,20 @@ def agent(tmp_path):
 def start_by_hand(tmp_path, override: str) -> subprocess.Popen:
     log = open(tmp_path / "by-hand.log", "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "yuneta", "run", "-f", str(CONFIGS / "echo-tls.json"), "-f", override],
-        stdout=log, stderr=log, env=child_env(), start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "yuneta",
+            "run",
+            "-f",
+            str(CONFIGS / "echo-tls.json"),
+            "-f",
+            override,
+        ],
+        stdout=log,
+        stderr=log,
+        env=child_env(),
+        start_new_session=True,
     )
 
 
@@ -69,7 +88,11 @@ def test_agent_launches_routes_and_kills_yunos(tmp_path, agent):
     two = ca.issue(tmp_path / "c2", "two")
 
     # One yuno launched by the agent, one started by hand that connects to it.
-    launched = ycommand(agent.url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'one', one.crypto())}")
+    launched = ycommand(
+        agent.url,
+        "-c",
+        f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'one', one.crypto())}",
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr
     assert "running" in launched.stdout
     by_hand = start_by_hand(tmp_path, yuno_override(tmp_path, "two", two.crypto(), agent.url))
@@ -88,14 +111,18 @@ def test_agent_launches_routes_and_kills_yunos(tmp_path, agent):
         subjects = {a["yuno_name"]: a["data"][0]["subject"] for a in certs["data"]}
         assert subjects == {"one": "CN=one", "two": "CN=two"}
 
-        code, reload = ycommand_json(agent.url, "command-yuno command=reload-certs service=__yuno__")
+        code, reload = ycommand_json(
+            agent.url, "command-yuno command=reload-certs service=__yuno__"
+        )
         assert code == 0 and reload["comment"] == "2 yuno(s) answered, 0 failed"
         assert {a["yuno_name"]: a["comment"] for a in reload["data"]} == {
             "one": "echo_tls^one: reloaded 1 TLS listener(s), 0 failed",
             "two": "echo_tls^two: reloaded 1 TLS listener(s), 0 failed",
         }
 
-        code, one_cert = ycommand_json(agent.url, "command-yuno yuno_name=one command=view-cert gobj=echo_tls")
+        code, one_cert = ycommand_json(
+            agent.url, "command-yuno yuno_name=one command=view-cert gobj=echo_tls"
+        )
         assert code == 0 and len(one_cert["data"]) == 1
         assert one_cert["data"][0]["data"]["serial"] == one.serial
 
@@ -104,7 +131,9 @@ def test_agent_launches_routes_and_kills_yunos(tmp_path, agent):
         assert missing.returncode == 255 and "ERROR -1: Yuno not found" in missing.stdout
         no_cmd = ycommand(agent.url, "-c", "command-yuno service=__yuno__")
         assert no_cmd.returncode == 255 and "What command?" in no_cmd.stdout
-        no_gobj = ycommand(agent.url, "-c", "command-yuno yuno_name=one command=view-cert gobj=nope")
+        no_gobj = ycommand(
+            agent.url, "-c", "command-yuno yuno_name=one command=view-cert gobj=nope"
+        )
         assert no_gobj.returncode == 255 and "gobj 'nope' not found" in no_gobj.stdout
 
         killed = ycommand(agent.url, "-c", "kill-yuno yuno_name=one")
@@ -123,7 +152,11 @@ def test_agent_launches_routes_and_kills_yunos(tmp_path, agent):
 
 def test_a_yuno_that_dies_is_marked_not_running_and_logged(tmp_path, agent):
     issued = TestCA().issue(tmp_path / "c", "dies")
-    run = ycommand(agent.url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'dies', issued.crypto())}")
+    run = ycommand(
+        agent.url,
+        "-c",
+        f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'dies', issued.crypto())}",
+    )
     assert run.returncode == 0
     pid = yunos_by_name(agent.url)["dies"]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -136,7 +169,11 @@ def test_yunos_reconnect_after_an_agent_restart(tmp_path):
     port = free_port()
     agent = Agent(tmp_path, port=port).start()
     issued = TestCA().issue(tmp_path / "c", "stays")
-    run = ycommand(agent.url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'stays', issued.crypto())}")
+    run = ycommand(
+        agent.url,
+        "-c",
+        f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'stays', issued.crypto())}",
+    )
     assert run.returncode == 0
     pid = yunos_by_name(agent.url)["stays"]["pid"]
     try:
@@ -146,7 +183,9 @@ def test_yunos_reconnect_after_an_agent_restart(tmp_path):
             wait_for(lambda: yunos_by_name(again.url).get("stays", {}).get("connected"), timeout=30)
             entry = yunos_by_name(again.url)["stays"]
             assert entry["pid"] == pid and entry["running"] and not entry["launched"]
-            code, answer = ycommand_json(again.url, "command-yuno yuno_name=stays command=view-cert gobj=echo_tls")
+            code, answer = ycommand_json(
+                again.url, "command-yuno yuno_name=stays command=view-cert gobj=echo_tls"
+            )
             assert code == 0 and answer["data"][0]["data"]["serial"] == issued.serial
         finally:
             again.stop()
@@ -160,12 +199,15 @@ def test_persistent_attrs_survive_a_restart_of_a_real_yuno(tmp_path, agent):
     config = f"{CONFIGS / 'echo-tls.json'},{override}"
     assert ycommand(agent.url, "-c", f"run-yuno config={config}").returncode == 0
     code, wrote = ycommand_json(
-        agent.url, 'command-yuno yuno_name=keeps service=__yuno__ command="write-attr attr_name=cert_warn_days value=11"'
+        agent.url,
+        'command-yuno yuno_name=keeps service=__yuno__ command="write-attr attr_name=cert_warn_days value=11"',
     )
     assert code == 0, wrote
     assert ycommand(agent.url, "-c", "kill-yuno yuno_name=keeps").returncode == 0
     assert ycommand(agent.url, "-c", f"run-yuno config={config}").returncode == 0
-    code, status = ycommand_json(agent.url, "command-yuno yuno_name=keeps service=__yuno__ command=cert-expiry-status")
+    code, status = ycommand_json(
+        agent.url, "command-yuno yuno_name=keeps service=__yuno__ command=cert-expiry-status"
+    )
     assert code == 0
     running = status["data"]
     assert len(running) == 1 and running[0]["data"]["warn_threshold"] == 11
@@ -195,9 +237,20 @@ def test_commands_sent_while_run_yuno_waits_are_answered(tmp_path, agent):
     issued = TestCA().issue(tmp_path / "c", "slow")
     override = yuno_override(tmp_path, "slow", issued.crypto())
     with subprocess.Popen(
-        [sys.executable, "-m", "yuneta.ycommand", "-u", agent.url, "-w", "30", "-c",
-         f"run-yuno config={CONFIGS / 'echo-tls.json'},{override}"],
-        stdout=subprocess.PIPE, text=True, env=child_env(),
+        [
+            sys.executable,
+            "-m",
+            "yuneta.ycommand",
+            "-u",
+            agent.url,
+            "-w",
+            "30",
+            "-c",
+            f"run-yuno config={CONFIGS / 'echo-tls.json'},{override}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
     ) as run:
         wait_port(agent.port)
         helped = ycommand(agent.url, "-c", "help")
@@ -207,7 +260,11 @@ def test_commands_sent_while_run_yuno_waits_are_answered(tmp_path, agent):
 
 def test_a_hung_yuno_does_not_freeze_the_agent(tmp_path, agent):
     issued = TestCA().issue(tmp_path / "c", "hung")
-    run = ycommand(agent.url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'hung', issued.crypto())}")
+    run = ycommand(
+        agent.url,
+        "-c",
+        f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'hung', issued.crypto())}",
+    )
     assert run.returncode == 0
     pid = yunos_by_name(agent.url)["hung"]["pid"]
     os.kill(pid, signal.SIGSTOP)
@@ -218,9 +275,20 @@ def test_a_hung_yuno_does_not_freeze_the_agent(tmp_path, agent):
     before = accepted()
     try:
         with subprocess.Popen(
-            [sys.executable, "-m", "yuneta.ycommand", "-u", agent.url, "-w", "30", "-c",
-             "command-yuno yuno_name=hung command=help"],
-            stdout=subprocess.PIPE, text=True, env=child_env(),
+            [
+                sys.executable,
+                "-m",
+                "yuneta.ycommand",
+                "-u",
+                agent.url,
+                "-w",
+                "30",
+                "-c",
+                "command-yuno yuno_name=hung command=help",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
         ) as slow:
             wait_for(lambda: accepted() > before, timeout=20)  # the slow client is in session
             time.sleep(1)  # its command (sent right after the ACK) now waits on the stopped yuno
@@ -245,10 +313,22 @@ def test_kill_yuno_never_signals_a_pid_it_only_heard_of(tmp_path, agent):
 
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
-        assert ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=0").returncode == 255
+        assert (
+            ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=0").returncode == 255
+        )
         assert ycommand(agent.url, "-c", "write-attr attr_name=kill_grace value=1").returncode == 0
-        card = ievent.build_identity_card("liar", "echo_tls", "echo_tls", "", "yuneta_agent",
-                                          "__default_service__", "x", "h", bystander.pid, yuno_id="spoof")
+        card = ievent.build_identity_card(
+            "liar",
+            "echo_tls",
+            "echo_tls",
+            "",
+            "yuneta_agent",
+            "__default_service__",
+            "x",
+            "h",
+            bystander.pid,
+            yuno_id="spoof",
+        )
         with connect(agent.url, proxy=None) as ws:
             ws.send(ievent.encode_frame(ievent.EV_IDENTITY_CARD, card))
             assert json.loads(ws.recv(timeout=10))["kw"]["result"] == 0
@@ -267,18 +347,34 @@ def test_yunos_join_a_wss_agent_that_requires_a_token(tmp_path):
     leaf = ca.issue(tmp_path / "agent-cert", "agent")
     port = free_port()
     url = f"wss://127.0.0.1:{port}"
-    agent = Agent(tmp_path, port=port, extra={
-        "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
-        "global": {"C_IEVENT_SRV.crypto": leaf.crypto(), "C_IEVENT_SRV.auth_tokens": ["t0ken"],
-                   "C_AGENT.yunos_cafile": str(cafile)},
-    }).start()
+    agent = Agent(
+        tmp_path,
+        port=port,
+        extra={
+            "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
+            "global": {
+                "C_IEVENT_SRV.crypto": leaf.crypto(),
+                "C_IEVENT_SRV.auth_tokens": ["t0ken"],
+                "C_AGENT.yunos_cafile": str(cafile),
+            },
+        },
+    ).start()
     opts = ["--cafile", str(cafile), "-t", "t0ken"]
     try:
         issued = ca.issue(tmp_path / "c", "inner")
-        run = ycommand(url, "-c", f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'inner', issued.crypto())}",
-                       extra=opts)
+        run = ycommand(
+            url,
+            "-c",
+            f"run-yuno config={CONFIGS / 'echo-tls.json'},{yuno_override(tmp_path, 'inner', issued.crypto())}",
+            extra=opts,
+        )
         assert run.returncode == 0 and "running" in run.stdout, run.stdout + run.stderr
-        answer = ycommand(url, "-c", "command-yuno yuno_name=inner command=view-cert gobj=echo_tls", extra=[*opts, "--json"])
+        answer = ycommand(
+            url,
+            "-c",
+            "command-yuno yuno_name=inner command=view-cert gobj=echo_tls",
+            extra=[*opts, "--json"],
+        )
         assert answer.returncode == 0 and issued.serial in answer.stdout
         override = next((tmp_path / "agent" / "yunos").rglob("agent-override.json"))
         assert oct(override.stat().st_mode & 0o777) == "0o600"  # it carries the token

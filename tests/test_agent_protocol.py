@@ -33,53 +33,107 @@ from yuneta.wsio import IDENTITY_TIMEOUT
 MAX_FRAME = 4096
 TOKEN = "s3cret"
 MD_YUNO_KEYS = {"realm_name", "yuno_role", "yuno_name", "yuno_id"}
-GATE_KEYS = {"dst_yuno", "dst_role", "dst_service", "src_yuno", "src_role", "src_service",
-             "user", "host"}
-ANSWER_EVENTS = {ievent.EV_MT_COMMAND_ANSWER, ievent.EV_MT_STATS_ANSWER,
-                 ievent.EV_IDENTITY_CARD_ACK}
+GATE_KEYS = {
+    "dst_yuno",
+    "dst_role",
+    "dst_service",
+    "src_yuno",
+    "src_role",
+    "src_service",
+    "user",
+    "host",
+}
+ANSWER_EVENTS = {
+    ievent.EV_MT_COMMAND_ANSWER,
+    ievent.EV_MT_STATS_ANSWER,
+    ievent.EV_IDENTITY_CARD_ACK,
+}
 
 
 # ---------------------------------------------------------------------------
 #   The C ycommand's frames (c_ievent_cli.c send_identity_card / mt_command)
 # ---------------------------------------------------------------------------
 
-def c_identity_card(url: str, *, dst_role: str = "yuneta_agent", dst_yuno: str = "",
-                    dst_service: str = "__default_service__", src_role: str = "ycommand",
-                    jwt: str = "") -> str:
+
+def c_identity_card(
+    url: str,
+    *,
+    dst_role: str = "yuneta_agent",
+    dst_yuno: str = "",
+    dst_service: str = "__default_service__",
+    src_role: str = "ycommand",
+    jwt: str = "",
+) -> str:
     """The first frame of the C ycommand: its C_IEVENT_CLI is named after the URL."""
-    return json.dumps({"event": "EV_IDENTITY_CARD", "kw": {
-        "yuno_role": "ycommand", "yuno_id": "", "yuno_name": "", "yuno_tag": "",
-        "yuno_version": "7.16.0", "yuno_release": "7.16.0", "yuneta_version": "7.16.0",
-        "playing": False, "pid": 4242, "watcher_pid": 0, "jwt": jwt, "username": "yuneta",
-        "launch_id": 0, "yuno_startdate": "2025-01-01T00:00:00+0000",
-        "id": "6f1c0e0e-0000-4000-8000-000000000001", "required_services": [],
-        "__md_iev__": {
-            "ievent_gate_stack": [{
-                "dst_yuno": dst_yuno, "dst_role": dst_role, "dst_service": dst_service,
-                "src_yuno": "", "src_role": src_role, "src_service": url,
-                "user": "yuneta", "host": "node1",
-            }],
-            "__msg_type__": "__identity__",
+    return json.dumps(
+        {
+            "event": "EV_IDENTITY_CARD",
+            "kw": {
+                "yuno_role": "ycommand",
+                "yuno_id": "",
+                "yuno_name": "",
+                "yuno_tag": "",
+                "yuno_version": "7.16.0",
+                "yuno_release": "7.16.0",
+                "yuneta_version": "7.16.0",
+                "playing": False,
+                "pid": 4242,
+                "watcher_pid": 0,
+                "jwt": jwt,
+                "username": "yuneta",
+                "launch_id": 0,
+                "yuno_startdate": "2025-01-01T00:00:00+0000",
+                "id": "6f1c0e0e-0000-4000-8000-000000000001",
+                "required_services": [],
+                "__md_iev__": {
+                    "ievent_gate_stack": [
+                        {
+                            "dst_yuno": dst_yuno,
+                            "dst_role": dst_role,
+                            "dst_service": dst_service,
+                            "src_yuno": "",
+                            "src_role": src_role,
+                            "src_service": url,
+                            "user": "yuneta",
+                            "host": "node1",
+                        }
+                    ],
+                    "__msg_type__": "__identity__",
+                },
+            },
         },
-    }}, separators=(",", ":"))
+        separators=(",", ":"),
+    )
 
 
 def c_command(command: str, **extra: Any) -> str:
     """A full command frame as C_IEVENT_CLI mt_command builds it (src = the C_YCOMMAND gobj)."""
-    return json.dumps({"event": "EV_MT_COMMAND", "kw": {
-        **extra,
-        "__md_iev__": {
-            "command_stack": [{"command": command, "kw": {}}],
-            "ievent_gate_stack": [{
-                "dst_yuno": "", "dst_role": "yuneta_agent",
-                "dst_service": "__default_service__",
-                "src_yuno": "", "src_role": "ycommand", "src_service": "ycommand",
-                "user": "yuneta", "host": "node1",
-            }],
-            "__msg_type__": "__command__",
+    return json.dumps(
+        {
+            "event": "EV_MT_COMMAND",
+            "kw": {
+                **extra,
+                "__md_iev__": {
+                    "command_stack": [{"command": command, "kw": {}}],
+                    "ievent_gate_stack": [
+                        {
+                            "dst_yuno": "",
+                            "dst_role": "yuneta_agent",
+                            "dst_service": "__default_service__",
+                            "src_yuno": "",
+                            "src_role": "ycommand",
+                            "src_service": "ycommand",
+                            "user": "yuneta",
+                            "host": "node1",
+                        }
+                    ],
+                    "__msg_type__": "__command__",
+                },
+                "__command__": command,
+            },
         },
-        "__command__": command,
-    }}, separators=(",", ":"))
+        separators=(",", ":"),
+    )
 
 
 def bare_command(command: str) -> str:
@@ -91,9 +145,19 @@ def bare_command(command: str) -> str:
 #   A raw WebSocket peer
 # ---------------------------------------------------------------------------
 
+
 def open_ws(url: str, ctx: ssl.SSLContext | None = None) -> ClientConnection:
-    return connect(url, ssl=ctx, compression=None, proxy=None, open_timeout=5,
-                   ping_interval=None, max_queue=None, close_timeout=2, legacy=True)
+    return connect(
+        url,
+        ssl=ctx,
+        compression=None,
+        proxy=None,
+        open_timeout=5,
+        ping_interval=None,
+        max_queue=None,
+        close_timeout=2,
+        legacy=True,
+    )
 
 
 def recv_frame(ws: ClientConnection, timeout: float = 10.0) -> tuple[str, dict]:
@@ -133,8 +197,10 @@ def log_lines(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     """A plain loopback agent, frames limited to MAX_FRAME bytes."""
-    agent = Agent(tmp_path_factory.mktemp("agent"),
-                  extra={"global": {"C_IEVENT_SRV.max_frame_size": MAX_FRAME}}).start()
+    agent = Agent(
+        tmp_path_factory.mktemp("agent"),
+        extra={"global": {"C_IEVENT_SRV.max_frame_size": MAX_FRAME}},
+    ).start()
     try:
         yield agent
     finally:
@@ -144,6 +210,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
 # ---------------------------------------------------------------------------
 #   1. Conformance with the C ycommand
 # ---------------------------------------------------------------------------
+
 
 def test_command_before_identity_card_gets_a_negative_answer(agent: Agent):
     with open_ws(agent.url) as ws:
@@ -198,17 +265,29 @@ def test_c_ycommand_frames_get_c_shaped_answers(agent: Agent):
         assert answer["result"] == 0
         assert answer["comment"].startswith(f"{len(answer['data'])} commands of C_AGENT")
         names = {row["command"] for row in answer["data"]}
-        assert {"list-yunos", "run-yuno", "kill-yuno", "command-yuno", "command-agent",
-                "help", "view-attrs"} <= names
+        assert {
+            "list-yunos",
+            "run-yuno",
+            "kill-yuno",
+            "command-yuno",
+            "command-agent",
+            "help",
+            "view-attrs",
+        } <= names
         md = answer["__md_iev__"]
         assert md["__msg_type__"] == "__command__"
         assert md["command_stack"] == [{"command": "help", "kw": {}}]
         assert len(md["ievent_gate_stack"]) == 1
         gate = md["ievent_gate_stack"][0]
         assert gate == {
-            "dst_yuno": "", "dst_role": "ycommand", "dst_service": "ycommand",
-            "src_yuno": "agent", "src_role": "yuneta_agent", "src_service": "__input_side__",
-            "user": "yuneta", "host": "node1",
+            "dst_yuno": "",
+            "dst_role": "ycommand",
+            "dst_service": "ycommand",
+            "src_yuno": "agent",
+            "src_role": "yuneta_agent",
+            "src_service": "__input_side__",
+            "user": "yuneta",
+            "host": "node1",
         }
         assert answer["__md_yuno__"]["yuno_id"] == yuno_attrs["yuno_id"]
         assert "__temp__" not in answer
@@ -240,12 +319,15 @@ def test_command_routes_to_the_service_named_in_kw(agent: Agent):
         assert "no-such-command" in answer["comment"]
 
 
-@pytest.mark.parametrize("card, reason", [
-    ({"dst_role": "some_other_role"}, "dst_role 'some_other_role' is not my role"),
-    ({"dst_service": "no_such_service"}, "service 'no_such_service' not found"),
-    ({"dst_yuno": "another_agent"}, "dst_yuno 'another_agent' is not my name"),
-    ({"src_role": ""}, "without yuno role"),
-])
+@pytest.mark.parametrize(
+    "card, reason",
+    [
+        ({"dst_role": "some_other_role"}, "dst_role 'some_other_role' is not my role"),
+        ({"dst_service": "no_such_service"}, "service 'no_such_service' not found"),
+        ({"dst_yuno": "another_agent"}, "dst_yuno 'another_agent' is not my name"),
+        ({"src_role": ""}, "without yuno role"),
+    ],
+)
 def test_refused_identity_card_gets_a_negative_ack_with_the_reason(agent: Agent, card, reason):
     with open_ws(agent.url + "/any/path?x=1") as ws:
         ack = identify(ws, agent.url, **card)
@@ -260,8 +342,10 @@ def test_refused_identity_card_gets_a_negative_ack_with_the_reason(agent: Agent,
         assert "Identity card required" in answer["comment"]
         assert identify(ws, agent.url)["result"] == 0
         assert exchange(ws, bare_command("list-yunos"))[1]["result"] == 0
-    assert any(line["msg"] == "identity card refused" and reason in line.get("comment", "")
-               for line in log_lines(agent.log))
+    assert any(
+        line["msg"] == "identity card refused" and reason in line.get("comment", "")
+        for line in log_lines(agent.log)
+    )
 
 
 def test_identity_card_must_come_within_the_timeout_even_while_sending_junk(agent: Agent):
@@ -280,11 +364,14 @@ def test_identity_card_must_come_within_the_timeout_even_while_sending_junk(agen
 #   2. Fuzz: malformed frames never crash the agent, and are answered or logged
 # ---------------------------------------------------------------------------
 
-JSON_LEAVES = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-               | st.text(max_size=12))
+JSON_LEAVES = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+)
 JSON_VALUES = st.recursive(
     JSON_LEAVES,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 NOT_STR = JSON_VALUES.filter(lambda v: not isinstance(v, str))
@@ -298,33 +385,53 @@ def _dumps(obj: Any) -> str:
 
 
 # Routing junk: never a command_stack, so no frame can name a real command.
-JUNK_MD_IEV = NOT_OBJECT | st.fixed_dictionaries({}, optional={
-    "ievent_gate_stack": NOT_STR | st.lists(st.dictionaries(
-        st.sampled_from(sorted(GATE_KEYS)), JSON_VALUES, max_size=4), max_size=2),
-    "__msg_type__": JSON_VALUES,
-})
+JUNK_MD_IEV = NOT_OBJECT | st.fixed_dictionaries(
+    {},
+    optional={
+        "ievent_gate_stack": NOT_STR
+        | st.lists(
+            st.dictionaries(st.sampled_from(sorted(GATE_KEYS)), JSON_VALUES, max_size=4), max_size=2
+        ),
+        "__msg_type__": JSON_VALUES,
+    },
+)
 
 MALFORMED = st.one_of(
-    st.text(max_size=60),                                                      # mostly bad JSON
-    st.integers(1, len(TEMPLATE) - 1).map(lambda n: TEMPLATE[:n]),             # truncated frame
-    NOT_OBJECT.map(_dumps),                                                    # not an object
-    st.builds(lambda e, kw: _dumps({"event": e, "kw": kw}),
-              NOT_STR | st.just(""), st.just({})),                             # bad event
+    st.text(max_size=60),  # mostly bad JSON
+    st.integers(1, len(TEMPLATE) - 1).map(lambda n: TEMPLATE[:n]),  # truncated frame
+    NOT_OBJECT.map(_dumps),  # not an object
+    st.builds(
+        lambda e, kw: _dumps({"event": e, "kw": kw}), NOT_STR | st.just(""), st.just({})
+    ),  # bad event
     st.builds(lambda e, kw: _dumps({"event": e, "kw": kw}), EVENTS, NOT_OBJECT),  # bad kw
-    st.builds(lambda e: _dumps({"kw": {}, "Event": e}), EVENTS),               # no event
-    st.sampled_from(['{"event":"EV_MT_COMMAND","kw":{"n":NaN}}',
-                     '{"event":"EV_MT_COMMAND","kw":{"n":-Infinity}}',
-                     '{"event":"EV_MT_COMMAND","kw":{"s":"\\udc00"}}',
-                     "[" * 2000 + "]" * 2000]),                                # JSON corners
-    st.binary(max_size=80),                                                    # binary frames
-    st.builds(lambda e, c, md, svc: _dumps({"event": e, "kw": {
-        "__command__": c, "__stats__": c, "__md_iev__": md, "service": svc}}),
-        EVENTS, NOT_STR, JUNK_MD_IEV, JSON_VALUES),                           # wrong types inside
+    st.builds(lambda e: _dumps({"kw": {}, "Event": e}), EVENTS),  # no event
+    st.sampled_from(
+        [
+            '{"event":"EV_MT_COMMAND","kw":{"n":NaN}}',
+            '{"event":"EV_MT_COMMAND","kw":{"n":-Infinity}}',
+            '{"event":"EV_MT_COMMAND","kw":{"s":"\\udc00"}}',
+            "[" * 2000 + "]" * 2000,
+        ]
+    ),  # JSON corners
+    st.binary(max_size=80),  # binary frames
+    st.builds(
+        lambda e, c, md, svc: _dumps(
+            {"event": e, "kw": {"__command__": c, "__stats__": c, "__md_iev__": md, "service": svc}}
+        ),
+        EVENTS,
+        NOT_STR,
+        JUNK_MD_IEV,
+        JSON_VALUES,
+    ),  # wrong types inside
 )
 OVERSIZE = st.builds(
-    lambda extra, binary: (c_command("help", pad="x" * (MAX_FRAME + extra)).encode()
-                           if binary else c_command("help", pad="é" * (MAX_FRAME // 2 + extra))),
-    st.integers(1, 3000), st.booleans(),
+    lambda extra, binary: (
+        c_command("help", pad="x" * (MAX_FRAME + extra)).encode()
+        if binary
+        else c_command("help", pad="é" * (MAX_FRAME // 2 + extra))
+    ),
+    st.integers(1, 3000),
+    st.booleans(),
 )
 BATCH = 25
 EXAMPLES = 400
@@ -406,10 +513,17 @@ def test_malformed_frames_are_answered_or_logged_and_never_crash_the_agent(agent
     fuzzer = Fuzzer(agent.url)
     started = time.monotonic()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(batch=st.lists(MALFORMED, min_size=BATCH, max_size=BATCH),
-           oversize=st.one_of(st.none(), st.none(), st.none(), OVERSIZE))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        batch=st.lists(MALFORMED, min_size=BATCH, max_size=BATCH),
+        oversize=st.one_of(st.none(), st.none(), st.none(), OVERSIZE),
+    )
     def feed(batch: list[str | bytes], oversize: str | bytes | None) -> None:
         # An oversize frame closes the connection: at most a few dozen per run.
         if oversize is not None and fuzzer.stats.oversize < 10:
@@ -437,7 +551,9 @@ def test_malformed_frames_are_answered_or_logged_and_never_crash_the_agent(agent
     def logged() -> tuple[int, int]:
         lines = log_lines(agent.log)
         bad = sum(1 for line in lines if line["msg"] == "bad inter-event") - warnings_before
-        big = sum(1 for line in lines if line["msg"] == "frame over the size limit, connection closed")
+        big = sum(
+            1 for line in lines if line["msg"] == "frame over the size limit, connection closed"
+        )
         return bad, big
 
     expected = (stats.undecodable, stats.oversize)
@@ -454,25 +570,47 @@ def test_malformed_frames_are_answered_or_logged_and_never_crash_the_agent(agent
 #   3. Security
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("url, attr, tls", [
-    ("ws://0.0.0.0:{port}", "url", False),
-    ("ws://[::]:{port}", "url", False),
-    ("ws://{host}:{port}", "url", False),
-    ("wss://0.0.0.0:{port}", "auth_tokens", True),
-])
+
+@pytest.mark.parametrize(
+    "url, attr, tls",
+    [
+        ("ws://0.0.0.0:{port}", "url", False),
+        ("ws://[::]:{port}", "url", False),
+        ("ws://{host}:{port}", "url", False),
+        ("wss://0.0.0.0:{port}", "auth_tokens", True),
+    ],
+)
 def test_non_loopback_address_without_tls_and_token_starts_nothing(tmp_path: Path, url, attr, tls):
     port = free_port()
     url = url.format(port=port, host=socket.gethostname())
     extra: dict[str, Any] = {}
     if tls:  # a valid certificate, so the missing token is the only fault
-        extra["global"] = {"C_IEVENT_SRV.crypto": TestCA().issue(tmp_path / "certs", "agent").crypto()}
-    override = write_json(tmp_path / "override.json", {
-        "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
-        **extra,
-    })
+        extra["global"] = {
+            "C_IEVENT_SRV.crypto": TestCA().issue(tmp_path / "certs", "agent").crypto()
+        }
+    override = write_json(
+        tmp_path / "override.json",
+        {
+            "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
+            **extra,
+        },
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "yuneta", "run", "-f", str(CONFIGS / "agent.json"), "-f", str(override)],
-        capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "yuneta",
+            "run",
+            "-f",
+            str(CONFIGS / "agent.json"),
+            "-f",
+            str(override),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=tmp_path,
     )
     assert proc.returncode != 0
     assert f"C_IEVENT_SRV: attribute '{attr}'" in proc.stderr
@@ -512,10 +650,14 @@ def tls_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsAgent]:
     leaf = ca.issue(workdir / "certs", "agent")
     port = free_port()
     url = f"wss://127.0.0.1:{port}"
-    agent = Agent(workdir, port=port, extra={
-        "__json_config_variables__": {"agent_url": url, "work_dir": str(workdir / "agent")},
-        "global": {"C_IEVENT_SRV.crypto": leaf.crypto(), "C_IEVENT_SRV.auth_tokens": [TOKEN]},
-    }).start()
+    agent = Agent(
+        workdir,
+        port=port,
+        extra={
+            "__json_config_variables__": {"agent_url": url, "work_dir": str(workdir / "agent")},
+            "global": {"C_IEVENT_SRV.crypto": leaf.crypto(), "C_IEVENT_SRV.auth_tokens": [TOKEN]},
+        },
+    ).start()
     try:
         yield TlsAgent(agent, url, ca, cafile, workdir / "certs", leaf)
     finally:
@@ -530,7 +672,10 @@ def test_wss_agent_runs_commands_only_with_the_token(tls_agent: TlsAgent):
     for options in ([], ["-t", "not-the-token"], ["-t", TOKEN.upper()]):
         refused = tls_agent.ycommand("list-yunos", *options)
         assert refused.returncode == 255  # the negative ACK's result & 0xFF
-        assert "Identity card refused: Authentication failed: a valid token is required" in refused.stderr
+        assert (
+            "Identity card refused: Authentication failed: a valid token is required"
+            in refused.stderr
+        )
         assert "Total" not in refused.stdout
 
     # On the wire: a negative ACK, then commands are still refused.
@@ -552,20 +697,25 @@ def test_wss_agent_refuses_clients_that_do_not_trust_its_certificate(tls_agent: 
 
 def _served_serial(tls_agent: TlsAgent) -> str:
     port = tls_agent.agent.port
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            tls_agent.ca.client_context().wrap_socket(raw) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        tls_agent.ca.client_context().wrap_socket(raw) as tls,
+    ):
         return serial_of_peer(tls)
 
 
 def test_reload_certs_serves_new_connections_the_new_certificate_and_keeps_open_sessions(
-        tls_agent: TlsAgent):
+    tls_agent: TlsAgent,
+):
     with open_ws(tls_agent.url, tls_agent.ca.client_context()) as ws:
         assert identify(ws, tls_agent.url, jwt=TOKEN)["result"] == 0
         old_serial = serial_of_peer(ws.socket)
         assert _served_serial(tls_agent) == old_serial
 
         renewed = tls_agent.ca.issue(tls_agent.certdir, "agent")  # same files, new content
-        proc = tls_agent.ycommand("command-agent command=reload-certs service=__yuno__", "-t", TOKEN)
+        proc = tls_agent.ycommand(
+            "command-agent command=reload-certs service=__yuno__", "-t", TOKEN
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "reloaded 1 TLS listener(s), 0 failed" in proc.stdout
 
@@ -582,11 +732,13 @@ def test_reload_certs_serves_new_connections_the_new_certificate_and_keeps_open_
 
 def test_token_is_never_shown_in_answers_nor_logged(tls_agent: TlsAgent):
     answers = []
-    for command in ("view-attrs",
-                    "command-agent command=view-attrs service=__yuno__",
-                    "view-gobj-tree attrs=auth_tokens,crypto,url",
-                    "command-agent command=view-gobj-tree service=__yuno__ attrs=auth_tokens",
-                    "command-agent command=view-cert service=__yuno__"):
+    for command in (
+        "view-attrs",
+        "command-agent command=view-attrs service=__yuno__",
+        "view-gobj-tree attrs=auth_tokens,crypto,url",
+        "command-agent command=view-gobj-tree service=__yuno__ attrs=auth_tokens",
+        "command-agent command=view-cert service=__yuno__",
+    ):
         proc = tls_agent.ycommand(command, "-t", TOKEN)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         answers.append(proc.stdout)

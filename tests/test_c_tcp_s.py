@@ -22,16 +22,18 @@ def ca() -> TestCA:
 
 def make_yuno(tmp_path, listeners: list[dict], yuno: dict | None = None) -> YunoRuntime:
     services = [
-        {"name": name, "gclass": "C_TCP_S", "as_service": True, "kw": kw} for name, kw in
-        ((d.pop("name"), d) for d in listeners)
+        {"name": name, "gclass": "C_TCP_S", "as_service": True, "kw": kw}
+        for name, kw in ((d.pop("name"), d) for d in listeners)
     ]
     config = load_config(
         [],
-        extra=[{
-            "environment": {"work_dir": str(tmp_path / "work")},
-            "yuno": {"yuno_role": "echo_tls", "yuno_name": "t1", **(yuno or {})},
-            "services": services,
-        }],
+        extra=[
+            {
+                "environment": {"work_dir": str(tmp_path / "work")},
+                "yuno": {"yuno_role": "echo_tls", "yuno_name": "t1", **(yuno or {})},
+                "services": services,
+            }
+        ],
     )
     rt = YunoRuntime(config)
     rt.build()
@@ -60,7 +62,10 @@ def test_view_cert_after_start_and_reload_to_b_with_live_session(tmp_path, ca, y
     live_crypto.mkdir()
     shutil.copy(a.cert_path, live_crypto / "srv.crt")
     shutil.copy(a.key_path, live_crypto / "srv.key")
-    crypto = {"ssl_certificate": str(live_crypto / "srv.crt"), "ssl_certificate_key": str(live_crypto / "srv.key")}
+    crypto = {
+        "ssl_certificate": str(live_crypto / "srv.crt"),
+        "ssl_certificate_key": str(live_crypto / "srv.key"),
+    }
     rt = make_yuno(tmp_path, [{"name": "echo_tls", "url": "tcps://127.0.0.1:0", "crypto": crypto}])
     yunos.append(rt)
     listener = rt.find_service("echo_tls")
@@ -70,7 +75,9 @@ def test_view_cert_after_start_and_reload_to_b_with_live_session(tmp_path, ca, y
     info = listener.command("view-cert")
     assert info["result"] == 0
     assert info["data"]["subject"] == "CN=alpha" and info["data"]["serial"] == a.serial
-    assert info["data"]["url"] == "tcps://127.0.0.1:0" and 364 <= info["data"]["days_remaining"] <= 365
+    assert (
+        info["data"]["url"] == "tcps://127.0.0.1:0" and 364 <= info["data"]["days_remaining"] <= 365
+    )
 
     live = tls_connect(port, ca.client_context())
     assert echo(live, b"before") == b"before" and serial_of_peer(live) == a.serial
@@ -109,9 +116,17 @@ def _bad_material(tmp_path, good, other):
     case("missing file", cert=d / "nope.crt")
     (d / "empty.crt").write_bytes(b"")
     case("empty file", cert=d / "empty.crt")
-    (d / "garbage.crt").write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n")
+    (d / "garbage.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!!\n-----END CERTIFICATE-----\n"
+    )
     case("garbage PEM", cert=d / "garbage.crt")
-    (d / "der.crt").write_bytes(good.cert.public_bytes(__import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER))
+    (d / "der.crt").write_bytes(
+        good.cert.public_bytes(
+            __import__(
+                "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+            ).Encoding.DER
+        )
+    )
     case("DER instead of PEM", cert=d / "der.crt")
     case("key does not match", key=other.key_path)
     case("encrypted key", key=other.key_path.parent / "enc.key")
@@ -125,11 +140,15 @@ def _bad_material(tmp_path, good, other):
     return cases
 
 
-def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tmp_path, ca, yunos, yuneta_logs):
+def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(
+    tmp_path, ca, yunos, yuneta_logs
+):
     good = ca.issue(tmp_path / "good", "good")
     other = ca.issue(tmp_path / "other", "other")
     ca.issue(tmp_path / "other", "enc", encrypt_key=b"secret")
-    rt = make_yuno(tmp_path, [{"name": "echo_tls", "url": "tcps://127.0.0.1:0", "crypto": good.crypto()}])
+    rt = make_yuno(
+        tmp_path, [{"name": "echo_tls", "url": "tcps://127.0.0.1:0", "crypto": good.crypto()}]
+    )
     yunos.append(rt)
     listener = rt.find_service("echo_tls")
     port = listener.read_attr("lPort")
@@ -161,13 +180,29 @@ def test_bad_material_is_refused_with_a_precise_comment_and_the_old_cert_kept(tm
 
 def test_a_listener_that_fails_to_start_is_not_running(tmp_path, ca):
     good = ca.issue(tmp_path / "g", "good")
-    config = load_config([], extra=[{
-        "environment": {"work_dir": str(tmp_path / "work")},
-        "yuno": {"yuno_role": "echo_tls", "yuno_name": "t1"},
-        "services": [{"name": "broken", "gclass": "C_TCP_S", "as_service": True, "kw": {
-            "url": "tcps://127.0.0.1:0",
-            "crypto": {**good.crypto(), "ssl_certificate": str(tmp_path / "missing.crt")}}}],
-    }])
+    config = load_config(
+        [],
+        extra=[
+            {
+                "environment": {"work_dir": str(tmp_path / "work")},
+                "yuno": {"yuno_role": "echo_tls", "yuno_name": "t1"},
+                "services": [
+                    {
+                        "name": "broken",
+                        "gclass": "C_TCP_S",
+                        "as_service": True,
+                        "kw": {
+                            "url": "tcps://127.0.0.1:0",
+                            "crypto": {
+                                **good.crypto(),
+                                "ssl_certificate": str(tmp_path / "missing.crt"),
+                            },
+                        },
+                    }
+                ],
+            }
+        ],
+    )
     rt = YunoRuntime(config)
     rt.build()
     try:
@@ -175,7 +210,9 @@ def test_a_listener_that_fails_to_start_is_not_running(tmp_path, ca):
             rt.start()
         listener = rt.find_service("broken")
         assert listener.running is False
-        assert rt.root.command("reload-certs")["data"]["reloaded"] == 0  # not counted as a TLS listener
+        assert (
+            rt.root.command("reload-certs")["data"]["reloaded"] == 0
+        )  # not counted as a TLS listener
     finally:
         rt.shutdown()
 
@@ -185,7 +222,10 @@ def test_plain_listener_refuses_cert_commands(tmp_path, yunos):
     yunos.append(rt)
     listener = rt.find_service("plain")
     assert listener.command("reload-certs") == {
-        "result": -1, "comment": "Listener is not TLS-enabled or not running", "schema": None, "data": None,
+        "result": -1,
+        "comment": "Listener is not TLS-enabled or not running",
+        "schema": None,
+        "data": None,
     }
     assert listener.command("view-cert")["result"] == -1
     with socket.create_connection(("127.0.0.1", listener.read_attr("lPort")), timeout=10) as s:
@@ -238,7 +278,9 @@ def test_cert_expiry_status_and_expired_or_future_certs_load(tmp_path, ca, yunos
     status = rt.root.command("cert-expiry-status")
     assert status["result"] == 0
     data = status["data"]
-    assert data["listeners"] == 3 and data["warn_threshold"] == 7 and data["critical_threshold"] == 2
+    assert (
+        data["listeners"] == 3 and data["warn_threshold"] == 7 and data["critical_threshold"] == 2
+    )
     days = {d["gobj"]: d["days_remaining"] for d in data["details"]}
     # floor((not_after - now) / 86400): an expiry 5 days ago is day -6, one in 1.5 days is day 1.
     assert days == {"expired": -6, "future": 59, "soon": 1}
@@ -247,7 +289,11 @@ def test_cert_expiry_status_and_expired_or_future_certs_load(tmp_path, ca, yunos
 
 def test_expiry_monitor_logs_critical_warning_and_nothing(tmp_path, ca, yunos, yuneta_logs):
     listeners = [
-        {"name": f"d{days}", "url": "tcps://127.0.0.1:0", "crypto": ca.issue(tmp_path / str(days), f"d{days}", days=days + 0.5).crypto()}
+        {
+            "name": f"d{days}",
+            "url": "tcps://127.0.0.1:0",
+            "crypto": ca.issue(tmp_path / str(days), f"d{days}", days=days + 0.5).crypto(),
+        }
         for days in (1, 5, 30)
     ]
     rt = make_yuno(tmp_path, listeners, {"timeout_periodic": 50, "timeout_cert_check": 1})
@@ -258,12 +304,18 @@ def test_expiry_monitor_logs_critical_warning_and_nothing(tmp_path, ca, yunos, y
     warning = yuneta_logs.find(msg="TLS certificate expires soon (warning)")
     assert {r["listener"] for r in critical} == {"d1"}
     assert {r["listener"] for r in warning} == {"d5"}
-    assert critical[0]["days_remaining"] == 1 and critical[0]["subject"] == "CN=d1" and critical[0]["not_after"]
+    assert (
+        critical[0]["days_remaining"] == 1
+        and critical[0]["subject"] == "CN=d1"
+        and critical[0]["not_after"]
+    )
     # The monitor never reloads.
     assert all(rt.find_service(n).read_attr("reloads") == 0 for n in ("d1", "d5", "d30"))
 
 
-def test_mtls_listener_requires_a_client_cert_and_a_new_ca_applies_to_new_handshakes(tmp_path, ca, yunos):
+def test_mtls_listener_requires_a_client_cert_and_a_new_ca_applies_to_new_handshakes(
+    tmp_path, ca, yunos
+):
     server = ca.issue(tmp_path / "srv", "server")
     client_ca_1, client_ca_2 = TestCA("clients one"), TestCA("clients two")
     ca1 = client_ca_1.write_ca(tmp_path / "ca1.pem")
@@ -288,7 +340,13 @@ def test_mtls_listener_requires_a_client_cert_and_a_new_ca_applies_to_new_handsh
     assert not try_client(None, "anon")
     assert try_client(client_ca_1, "c1")
     assert not try_client(client_ca_2, "c2")
-    assert listener.command("write-attr", {"attr_name": "crypto", "value": server.crypto(ssl_trusted_certificate=str(ca2))})["result"] == 0
+    assert (
+        listener.command(
+            "write-attr",
+            {"attr_name": "crypto", "value": server.crypto(ssl_trusted_certificate=str(ca2))},
+        )["result"]
+        == 0
+    )
     assert try_client(client_ca_2, "c2b")
     assert not try_client(client_ca_1, "c1b")
     wait_for(lambda: listener.command("view-attrs")["data"]["handshake_failures"] >= 3)

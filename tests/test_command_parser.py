@@ -32,12 +32,16 @@ def parse(cmd: Command, line: str) -> dict:
 
 def test_quotes_double_single_and_escapes():
     assert tokenize('a "b c" \'d e\' f="g h" "x\\"y"') == ["a", "b c", "d e", "f=g h", 'x"y']
-    assert parse(DIM, 'dim reason="two words" level=3') == {"reason": "two words", "level": 3, "fast": False}
+    assert parse(DIM, 'dim reason="two words" level=3') == {
+        "reason": "two words",
+        "level": 3,
+        "fast": False,
+    }
     assert parse(DIM, "dim reason='it''s'") == {"reason": "its", "level": 10, "fast": False}
 
 
 def test_values_are_typed_by_the_schema():
-    kw = parse(DIM, 'dim level=0x10 fast=yes ratio=0.5 extra=\'{"a": [1]}\'')
+    kw = parse(DIM, "dim level=0x10 fast=yes ratio=0.5 extra='{\"a\": [1]}'")
     assert kw == {"level": 16, "fast": True, "ratio": 0.5, "extra": {"a": [1]}, "reason": ""}
 
 
@@ -97,7 +101,11 @@ def test_any_line_either_parses_or_raises_parse_error(line):
             assert isinstance(kw, dict) and name
 
 
-_word = st.text(st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+_word = st.text(
+    st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=20,
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -38,39 +38,84 @@ from yuneta.ievent import (
 )
 
 MD_YUNO_KEYS = {"realm_name", "yuno_role", "yuno_name", "yuno_id"}
-GATE_KEYS = {"src_yuno", "src_role", "src_service", "dst_yuno", "dst_role", "dst_service",
-             "user", "host"}
+GATE_KEYS = {
+    "src_yuno",
+    "src_role",
+    "src_service",
+    "dst_yuno",
+    "dst_role",
+    "dst_service",
+    "user",
+    "host",
+}
 
 # What the C ycommand (role "ycommand", C_IEVENT_CLI named after the url) sends first.
-C_IDENTITY_CARD = json.dumps({"event": "EV_IDENTITY_CARD", "kw": {
-    "yuno_role": "ycommand", "yuno_id": "", "yuno_name": "", "yuno_tag": "",
-    "yuno_version": "7.16.0", "yuno_release": "7.16.0", "yuneta_version": "7.16.0",
-    "playing": False, "pid": 4242, "watcher_pid": 0, "jwt": "", "username": "yuneta",
-    "launch_id": 0, "yuno_startdate": "2025-01-01T00:00:00+0000",
-    "id": "6f1c0e0e-0000-4000-8000-000000000001", "required_services": [],
-    "__md_iev__": {
-        "ievent_gate_stack": [{
-            "dst_yuno": "", "dst_role": "yuneta_agent", "dst_service": "__default_service__",
-            "src_yuno": "", "src_role": "ycommand", "src_service": "ws://127.0.0.1:1991",
-            "user": "yuneta", "host": "node1",
-        }],
-        "__msg_type__": "__identity__",
+C_IDENTITY_CARD = json.dumps(
+    {
+        "event": "EV_IDENTITY_CARD",
+        "kw": {
+            "yuno_role": "ycommand",
+            "yuno_id": "",
+            "yuno_name": "",
+            "yuno_tag": "",
+            "yuno_version": "7.16.0",
+            "yuno_release": "7.16.0",
+            "yuneta_version": "7.16.0",
+            "playing": False,
+            "pid": 4242,
+            "watcher_pid": 0,
+            "jwt": "",
+            "username": "yuneta",
+            "launch_id": 0,
+            "yuno_startdate": "2025-01-01T00:00:00+0000",
+            "id": "6f1c0e0e-0000-4000-8000-000000000001",
+            "required_services": [],
+            "__md_iev__": {
+                "ievent_gate_stack": [
+                    {
+                        "dst_yuno": "",
+                        "dst_role": "yuneta_agent",
+                        "dst_service": "__default_service__",
+                        "src_yuno": "",
+                        "src_role": "ycommand",
+                        "src_service": "ws://127.0.0.1:1991",
+                        "user": "yuneta",
+                        "host": "node1",
+                    }
+                ],
+                "__msg_type__": "__identity__",
+            },
+        },
     },
-}}, separators=(",", ":"))
+    separators=(",", ":"),
+)
 
 # A command as the C C_IEVENT_CLI mt_command builds it (src = the C_YCOMMAND gobj).
-C_COMMAND = json.dumps({"event": "EV_MT_COMMAND", "kw": {
-    "__md_iev__": {
-        "command_stack": [{"command": "list-yunos", "kw": {}}],
-        "ievent_gate_stack": [{
-            "dst_yuno": "", "dst_role": "yuneta_agent", "dst_service": "__default_service__",
-            "src_yuno": "", "src_role": "ycommand", "src_service": "ycommand",
-            "user": "yuneta", "host": "node1",
-        }],
-        "__msg_type__": "__command__",
+C_COMMAND = json.dumps(
+    {
+        "event": "EV_MT_COMMAND",
+        "kw": {
+            "__md_iev__": {
+                "command_stack": [{"command": "list-yunos", "kw": {}}],
+                "ievent_gate_stack": [
+                    {
+                        "dst_yuno": "",
+                        "dst_role": "yuneta_agent",
+                        "dst_service": "__default_service__",
+                        "src_yuno": "",
+                        "src_role": "ycommand",
+                        "src_service": "ycommand",
+                        "user": "yuneta",
+                        "host": "node1",
+                    }
+                ],
+                "__msg_type__": "__command__",
+            },
+            "__command__": "list-yunos",
+        },
     },
-    "__command__": "list-yunos",
-}}, separators=(",", ":"))
+    separators=(",", ":"),
+)
 
 # The bare form: only the command line.
 C_COMMAND_ONLY = '{"event":"EV_MT_COMMAND","kw":{"__command__":"view-cert"}}'
@@ -79,8 +124,14 @@ SERVICES = {"__default_service__", "agent", "__yuno__"}
 
 
 def make_server(**kw) -> ServerSession:
-    params = dict(yuno_role="yuneta_agent", yuno_name="agent1", yuno_id="uuid-1",
-                  realm_name="realm", services=SERVICES, channel_name="ievent-1")
+    params = dict(
+        yuno_role="yuneta_agent",
+        yuno_name="agent1",
+        yuno_id="uuid-1",
+        realm_name="realm",
+        services=SERVICES,
+        channel_name="ievent-1",
+    )
     params.update(kw)
     return ServerSession(**params)
 
@@ -103,6 +154,7 @@ def identified(server: ServerSession | None = None) -> ServerSession:
 #   Frames
 # ---------------------------------------------------------------------------
 
+
 def test_encode_frame_is_compact_json():
     text = encode_frame("EV_X", {"a": 1, "b": [1, 2], "ñ": "é"})
     assert text == '{"event":"EV_X","kw":{"a":1,"b":[1,2],"ñ":"é"}}'
@@ -114,20 +166,23 @@ def test_frame_without_kw_has_empty_kw():
     assert decode_frame('{"event":"EV_X"}').kw == {}
 
 
-@pytest.mark.parametrize("data, reason", [
-    ("{not json", "bad JSON"),
-    ("[1,2]", "not a JSON object"),
-    ('"EV_X"', "not a JSON object"),
-    ('{"kw":{}}', "event"),
-    ('{"event":7,"kw":{}}', "event"),
-    ('{"event":"","kw":{}}', "event"),
-    ('{"event":"EV_X","kw":[]}', "'kw'"),
-    ('{"event":"EV_X","kw":"x"}', "'kw'"),
-    ('{"event":"EV_X","kw":{"n":NaN}}', "NaN"),
-    (b'{"event":"EV_\xff","kw":{}}', "bad UTF-8"),
-    ('{"event":"EV_X","kw":{"s":"\\ud800"}}', "surrogate"),
-    ("[" * 100000 + "]" * 100000, "bad JSON"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        ("{not json", "bad JSON"),
+        ("[1,2]", "not a JSON object"),
+        ('"EV_X"', "not a JSON object"),
+        ('{"kw":{}}', "event"),
+        ('{"event":7,"kw":{}}', "event"),
+        ('{"event":"","kw":{}}', "event"),
+        ('{"event":"EV_X","kw":[]}', "'kw'"),
+        ('{"event":"EV_X","kw":"x"}', "'kw'"),
+        ('{"event":"EV_X","kw":{"n":NaN}}', "NaN"),
+        (b'{"event":"EV_\xff","kw":{}}', "bad UTF-8"),
+        ('{"event":"EV_X","kw":{"s":"\\ud800"}}', "surrogate"),
+        ("[" * 100000 + "]" * 100000, "bad JSON"),
+    ],
+)
 def test_decode_frame_rejects_with_a_reason(data, reason):
     with pytest.raises(FrameError) as info:
         decode_frame(data)
@@ -147,21 +202,53 @@ def test_decode_frame_rejects_oversize_before_parsing():
 #   Identity card
 # ---------------------------------------------------------------------------
 
+
 def test_built_identity_card_has_the_c_keys():
-    card = ievent.build_identity_card("", "ycommand", "ycommand", "", "yuneta_agent",
-                                      "__default_service__", "yuneta", "node1", 77, "tok")
-    for key in ("yuno_role", "yuno_id", "yuno_name", "yuno_tag", "yuno_version",
-                "yuno_release", "yuneta_version", "playing", "pid", "watcher_pid", "jwt",
-                "username", "launch_id", "yuno_startdate", "id", "required_services"):
+    card = ievent.build_identity_card(
+        "",
+        "ycommand",
+        "ycommand",
+        "",
+        "yuneta_agent",
+        "__default_service__",
+        "yuneta",
+        "node1",
+        77,
+        "tok",
+    )
+    for key in (
+        "yuno_role",
+        "yuno_id",
+        "yuno_name",
+        "yuno_tag",
+        "yuno_version",
+        "yuno_release",
+        "yuneta_version",
+        "playing",
+        "pid",
+        "watcher_pid",
+        "jwt",
+        "username",
+        "launch_id",
+        "yuno_startdate",
+        "id",
+        "required_services",
+    ):
         assert key in card
     assert card["pid"] == 77 and card["jwt"] == "tok" and card["yuno_role"] == "ycommand"
     md = card["__md_iev__"]
     assert md["__msg_type__"] == "__identity__"
     (gate,) = md["ievent_gate_stack"]
-    assert gate == {"dst_yuno": "", "dst_role": "yuneta_agent",
-                    "dst_service": "__default_service__", "src_yuno": "",
-                    "src_role": "ycommand", "src_service": "ycommand",
-                    "user": "yuneta", "host": "node1"}
+    assert gate == {
+        "dst_yuno": "",
+        "dst_role": "yuneta_agent",
+        "dst_service": "__default_service__",
+        "src_yuno": "",
+        "src_role": "ycommand",
+        "src_service": "ycommand",
+        "user": "yuneta",
+        "host": "node1",
+    }
 
 
 def test_c_identity_card_is_accepted_and_the_ack_names_both_sides():
@@ -177,11 +264,22 @@ def test_c_identity_card_is_accepted_and_the_ack_names_both_sides():
     assert kw["__md_iev__"]["__msg_type__"] == "__identity__"
     (gate,) = kw["__md_iev__"]["ievent_gate_stack"]
     assert set(gate) == GATE_KEYS
-    assert gate == {"src_yuno": "agent1", "src_role": "yuneta_agent", "src_service": "ievent-1",
-                    "dst_yuno": "", "dst_role": "ycommand",
-                    "dst_service": "ws://127.0.0.1:1991", "user": "yuneta", "host": "node1"}
-    assert kw["__md_yuno__"] == {"realm_name": "realm", "yuno_role": "yuneta_agent",
-                                 "yuno_name": "agent1", "yuno_id": "uuid-1"}
+    assert gate == {
+        "src_yuno": "agent1",
+        "src_role": "yuneta_agent",
+        "src_service": "ievent-1",
+        "dst_yuno": "",
+        "dst_role": "ycommand",
+        "dst_service": "ws://127.0.0.1:1991",
+        "user": "yuneta",
+        "host": "node1",
+    }
+    assert kw["__md_yuno__"] == {
+        "realm_name": "realm",
+        "yuno_role": "yuneta_agent",
+        "yuno_name": "agent1",
+        "yuno_id": "uuid-1",
+    }
     accepted = [a for a in actions if isinstance(a, IdentityAccepted)]
     assert accepted and accepted[0].client.src_role == "ycommand"
     assert server.state == ievent.ST_SESSION
@@ -210,14 +308,17 @@ def _card(**gate_changes) -> str:
     return json.dumps(card)
 
 
-@pytest.mark.parametrize("card, words", [
-    (_card(dst_role="controlcenter"), "dst_role"),
-    (_card(dst_yuno="other"), "dst_yuno"),
-    (_card(dst_service="nope"), "'nope' not found"),
-    (_card(src_role=""), "src_role"),
-    (_card(src_service=""), "src_service"),
-    ('{"event":"EV_IDENTITY_CARD","kw":{"yuno_role":"x"}}', "ievent_gate_stack"),
-])
+@pytest.mark.parametrize(
+    "card, words",
+    [
+        (_card(dst_role="controlcenter"), "dst_role"),
+        (_card(dst_yuno="other"), "dst_yuno"),
+        (_card(dst_service="nope"), "'nope' not found"),
+        (_card(src_role=""), "src_role"),
+        (_card(src_service=""), "src_service"),
+        ('{"event":"EV_IDENTITY_CARD","kw":{"yuno_role":"x"}}', "ievent_gate_stack"),
+    ],
+)
 def test_bad_identity_card_gets_a_negative_ack(card, words):
     server = make_server()
     actions = server.receive_data(card)
@@ -236,8 +337,11 @@ def test_optional_name_matches_when_given():
 
 def test_auth_hook_sees_the_token_and_can_refuse():
     def auth(card):
-        return (0, "User authenticated by jwt") if card.get("jwt") == "good" else (
-            -1, "Authentication failed: Invalid token")
+        return (
+            (0, "User authenticated by jwt")
+            if card.get("jwt") == "good"
+            else (-1, "Authentication failed: Invalid token")
+        )
 
     card = json.loads(C_IDENTITY_CARD)
     card["kw"]["jwt"] = "bad"
@@ -269,12 +373,16 @@ def test_services_may_be_a_predicate():
 #   Before the identity card
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("frame, answer_event", [
-    (C_COMMAND, EV_MT_COMMAND_ANSWER),
-    (C_COMMAND_ONLY, EV_MT_COMMAND_ANSWER),
-    ('{"event":"EV_MT_STATS","kw":{"__stats__":""}}', EV_MT_STATS_ANSWER),
-    ('{"event":"EV_SOMETHING","kw":{}}', EV_MT_COMMAND_ANSWER),
-])
+
+@pytest.mark.parametrize(
+    "frame, answer_event",
+    [
+        (C_COMMAND, EV_MT_COMMAND_ANSWER),
+        (C_COMMAND_ONLY, EV_MT_COMMAND_ANSWER),
+        ('{"event":"EV_MT_STATS","kw":{"__stats__":""}}', EV_MT_STATS_ANSWER),
+        ('{"event":"EV_SOMETHING","kw":{}}', EV_MT_COMMAND_ANSWER),
+    ],
+)
 def test_events_before_the_identity_card_get_a_negative_answer(frame, answer_event):
     server = make_server()
     (answer,) = sent(server.receive_data(frame))
@@ -301,6 +409,7 @@ def test_undecodable_frame_is_reported_and_answered():
 #   Commands and answers
 # ---------------------------------------------------------------------------
 
+
 def test_c_command_frame_becomes_a_request_and_its_answer_reverses_the_gate():
     server = identified()
     (request,) = server.receive_data(C_COMMAND)
@@ -311,22 +420,38 @@ def test_c_command_frame_becomes_a_request_and_its_answer_reverses_the_gate():
     assert request.gate.src_role == "ycommand"
 
     schema = [{"id": "name", "header": "Name", "fillspace": 12}]
-    answer = server.answer(request, {"result": 0, "comment": "", "schema": schema,
-                                     "data": [{"name": "x"}]})
+    answer = server.answer(
+        request, {"result": 0, "comment": "", "schema": schema, "data": [{"name": "x"}]}
+    )
     (answer,) = sent([answer])
     kw = answer.kw
     assert answer.event == EV_MT_COMMAND_ANSWER
     assert (kw["result"], kw["comment"], kw["schema"], kw["data"]) == (
-        0, "", schema, [{"name": "x"}])
+        0,
+        "",
+        schema,
+        [{"name": "x"}],
+    )
     md = kw["__md_iev__"]
     assert md["__msg_type__"] == "__command__"
     assert md["command_stack"] == [{"command": "list-yunos", "kw": {}}]
     (gate,) = md["ievent_gate_stack"]
-    assert gate == {"dst_yuno": "", "dst_role": "ycommand", "dst_service": "ycommand",
-                    "src_yuno": "agent1", "src_role": "yuneta_agent",
-                    "src_service": "ievent-1", "user": "yuneta", "host": "node1"}
-    assert kw["__md_yuno__"] == {"realm_name": "realm", "yuno_role": "yuneta_agent",
-                                 "yuno_name": "agent1", "yuno_id": "uuid-1"}
+    assert gate == {
+        "dst_yuno": "",
+        "dst_role": "ycommand",
+        "dst_service": "ycommand",
+        "src_yuno": "agent1",
+        "src_role": "yuneta_agent",
+        "src_service": "ievent-1",
+        "user": "yuneta",
+        "host": "node1",
+    }
+    assert kw["__md_yuno__"] == {
+        "realm_name": "realm",
+        "yuno_role": "yuneta_agent",
+        "yuno_name": "agent1",
+        "yuno_id": "uuid-1",
+    }
 
 
 def test_command_with_only_the_command_line_gets_a_default_stack():
@@ -352,19 +477,23 @@ def test_command_from_the_command_stack_only():
 
 
 def test_command_parameters_and_routing_service():
-    kw = ievent.build_command("command-yuno command=reload-certs", {"service": "__yuno__",
-                                                                     "extra": 1},
-                              Gate(src_role="ycommand", src_service="ycommand",
-                                   dst_role="yuneta_agent"))
+    kw = ievent.build_command(
+        "command-yuno command=reload-certs",
+        {"service": "__yuno__", "extra": 1},
+        Gate(src_role="ycommand", src_service="ycommand", dst_role="yuneta_agent"),
+    )
     (request,) = identified().receive_data(encode_frame(EV_MT_COMMAND, kw))
     assert request.service == "__yuno__"
     assert request.kw == {"extra": 1}
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"service": "ghost"}, "Service not found: 'ghost'"),
-    ({"__command__": ""}, "What command?"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"service": "ghost"}, "Service not found: 'ghost'"),
+        ({"__command__": ""}, "What command?"),
+    ],
+)
 def test_unroutable_command_gets_a_negative_answer(change, words):
     frame = json.loads(C_COMMAND)
     frame["kw"].update(change)
@@ -395,30 +524,37 @@ def test_other_events_in_session_reach_the_application():
 def test_goodbye_closes():
     server = identified()
     assert server.receive_data('{"event":"EV_GOODBYE","kw":{"cause":"bye"}}') == [
-        Close("peer said goodbye")]
+        Close("peer said goodbye")
+    ]
     assert server.receive_data(C_COMMAND) == []
 
 
 def test_build_command_answer_normalizes_the_envelope():
-    kw = ievent.build_command_answer({"result": "bad", "comment": None, "extra": 1}, {},
-                                     ievent.md_yuno("r", "role", "name", "id"))
+    kw = ievent.build_command_answer(
+        {"result": "bad", "comment": None, "extra": 1},
+        {},
+        ievent.md_yuno("r", "role", "name", "id"),
+    )
     assert kw["result"] == -1 and kw["comment"] == "(see log)" and kw["extra"] == 1
     assert kw["schema"] is None and kw["data"] is None
 
 
-@pytest.mark.parametrize("result, comment", [(0, ""), (1, ""), (3, ""), (-1, "(see log)"),
-                                             (-7, "(see log)")])
+@pytest.mark.parametrize(
+    "result, comment", [(0, ""), (1, ""), (3, ""), (-1, "(see log)"), (-7, "(see log)")]
+)
 def test_only_a_negative_result_without_comment_says_see_log(result, comment):
     # Failure is a negative result, as yuneta.command.envelope; a positive result is a success.
     assert ievent.build_response_envelope(result)["comment"] == comment
-    kw = ievent.build_command_answer({"result": result, "comment": ""}, {},
-                                     ievent.md_yuno("r", "role", "name", "id"))
+    kw = ievent.build_command_answer(
+        {"result": result, "comment": ""}, {}, ievent.md_yuno("r", "role", "name", "id")
+    )
     assert kw["result"] == result and kw["comment"] == comment
 
 
 # ---------------------------------------------------------------------------
 #   Client session
 # ---------------------------------------------------------------------------
+
 
 def open_client() -> tuple[ClientSession, ServerSession]:
     client = ClientSession(user="yuneta", host="node1", pid=1)
@@ -438,7 +574,10 @@ def test_round_trip_with_correlation_ids():
     (ans2,) = client.receive_data(server.answer(req2, {"result": 0, "data": 2}).text)
     (ans1,) = client.receive_data(server.answer(req1, {"result": -1, "comment": "no"}).text)
     assert isinstance(ans1, CommandAnswer) and (ans1.msg_id, ans1.result, ans1.comment) == (
-        id1, -1, "no")
+        id1,
+        -1,
+        "no",
+    )
     assert (ans2.msg_id, ans2.data) == (id2, 2)
 
 
@@ -468,26 +607,52 @@ def test_client_negative_ack_closes_the_session():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
-EVENTS = [EV_IDENTITY_CARD, EV_MT_COMMAND, EV_MT_STATS, "EV_GOODBYE", "EV_X",
-          EV_MT_COMMAND_ANSWER, EV_IDENTITY_CARD_ACK]
-KEYS = ["__md_iev__", "__command__", "__stats__", "service", "jwt", "result", "comment",
-        "ievent_gate_stack", "dst_role", "src_role", "src_service", "dst_service", "data"]
+EVENTS = [
+    EV_IDENTITY_CARD,
+    EV_MT_COMMAND,
+    EV_MT_STATS,
+    "EV_GOODBYE",
+    "EV_X",
+    EV_MT_COMMAND_ANSWER,
+    EV_IDENTITY_CARD_ACK,
+]
+KEYS = [
+    "__md_iev__",
+    "__command__",
+    "__stats__",
+    "service",
+    "jwt",
+    "result",
+    "comment",
+    "ievent_gate_stack",
+    "dst_role",
+    "src_role",
+    "src_service",
+    "dst_service",
+    "data",
+]
 
 
 @st.composite
 def kw_dicts(draw):
     kw = draw(st.dictionaries(st.sampled_from(KEYS), json_values, max_size=5))
     if draw(st.booleans()):
-        gate = draw(st.dictionaries(st.sampled_from(sorted(GATE_KEYS)),
-                                    st.sampled_from(["", "yuneta_agent", "ycommand",
-                                                     "__default_service__", "agent1"])
-                                    | json_values, max_size=8))
-        kw["__md_iev__"] = {"ievent_gate_stack": draw(st.sampled_from([[gate], [], gate,
-                                                                       [gate, 1]]))}
+        gate = draw(
+            st.dictionaries(
+                st.sampled_from(sorted(GATE_KEYS)),
+                st.sampled_from(["", "yuneta_agent", "ycommand", "__default_service__", "agent1"])
+                | json_values,
+                max_size=8,
+            )
+        )
+        kw["__md_iev__"] = {
+            "ievent_gate_stack": draw(st.sampled_from([[gate], [], gate, [gate, 1]]))
+        }
     return kw
 
 
@@ -495,9 +660,14 @@ frames = st.one_of(
     st.text(max_size=200),
     st.binary(max_size=200),
     json_values.map(json.dumps),
-    st.builds(lambda e, kw: json.dumps({"event": e, "kw": kw}),
-              st.sampled_from(EVENTS) | st.text(max_size=10), kw_dicts()),
-    st.just(C_IDENTITY_CARD), st.just(C_COMMAND), st.just(C_COMMAND_ONLY),
+    st.builds(
+        lambda e, kw: json.dumps({"event": e, "kw": kw}),
+        st.sampled_from(EVENTS) | st.text(max_size=10),
+        kw_dicts(),
+    ),
+    st.just(C_IDENTITY_CARD),
+    st.just(C_COMMAND),
+    st.just(C_COMMAND_ONLY),
 )
 
 

@@ -97,7 +97,12 @@ def test_write_attr_coerces_and_mt_writing_can_refuse(lamp):
 
 def test_commands_typed_by_schema_with_defaults(lamp):
     answer = lamp.command('dim level=5 reason="too bright here"')
-    assert answer == {"result": 0, "comment": "dimmed", "schema": None, "data": {"level": 5, "reason": "too bright here"}}
+    assert answer == {
+        "result": 0,
+        "comment": "dimmed",
+        "schema": None,
+        "data": {"level": 5, "reason": "too bright here"},
+    }
     assert lamp.command("dim")["data"] == {"level": 10, "reason": ""}
     assert lamp.command("dim 7 'single quoted'")["data"] == {"level": 7, "reason": "single quoted"}
 
@@ -106,7 +111,9 @@ def test_command_errors_are_envelopes(lamp):
     unknown_key = lamp.command("dim colour=red")
     assert unknown_key["result"] == -1 and "unknown parameter 'colour'" in unknown_key["comment"]
     bad_type = lamp.command("dim level=high")
-    assert bad_type["result"] == -1 and "level" in bad_type["comment"] and "int" in bad_type["comment"]
+    assert (
+        bad_type["result"] == -1 and "level" in bad_type["comment"] and "int" in bad_type["comment"]
+    )
     unknown_cmd = lamp.command("fly")
     assert unknown_cmd["result"] == -1 and "fly" in unknown_cmd["comment"]
     boom = lamp.command("explode")

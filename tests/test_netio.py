@@ -50,8 +50,11 @@ def closed_by_server(sock: socket.socket) -> bool:
 def test_plain_tcp_echo_and_counters(ioloop: IOLoop) -> None:
     opened: list[Connection] = []
     closed: list[Connection] = []
-    server = TcpServer(ioloop, on_connection_open=opened.append,
-                       on_connection_close=lambda c, exc: closed.append(c))
+    server = TcpServer(
+        ioloop,
+        on_connection_open=opened.append,
+        on_connection_close=lambda c, exc: closed.append(c),
+    )
     port = server.start_listening()
     assert port > 0 and server.listening and not server.is_tls
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -61,8 +64,9 @@ def test_plain_tcp_echo_and_counters(ioloop: IOLoop) -> None:
     assert server.tconnxs == 1 and len(opened) == 1 and closed == opened
 
 
-def test_tls_session_handshakes_and_echoes_large_and_small(ioloop: IOLoop, ca: TestCA,
-                                                           tmp_path: Path) -> None:
+def test_tls_session_handshakes_and_echoes_large_and_small(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     issued = ca.issue(tmp_path, "srv")
     ytls = Ytls(issued.crypto())
     server = TcpServer(ioloop, tls=ytls.get_context)
@@ -121,15 +125,17 @@ def test_fifty_reloads_rotating_three_certificates_keep_echoing(
     assert ytls.reload_count == 50
 
 
-def test_failed_reload_keeps_serving_the_old_certificate(ioloop: IOLoop, ca: TestCA,
-                                                         tmp_path: Path) -> None:
+def test_failed_reload_keeps_serving_the_old_certificate(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     a, other = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "other")
     ytls = Ytls(a.crypto())
     server = TcpServer(ioloop, tls=ytls.get_context)
     port = server.start_listening()
     with pytest.raises(Exception, match="does not match"):
-        ytls.reload({"ssl_certificate": str(a.cert_path),
-                     "ssl_certificate_key": str(other.key_path)})
+        ytls.reload(
+            {"ssl_certificate": str(a.cert_path), "ssl_certificate_key": str(other.key_path)}
+        )
     with tls_connect(port, ca.client_context()) as s:
         assert serial_of_peer(s) == a.serial and echo(s, b"still") == b"still"
 
@@ -150,8 +156,11 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(
     clients_1, clients_2 = TestCA("clients one"), TestCA("clients two")
     issued = ca.issue(tmp_path, "srv")
     ytls = Ytls(issued.crypto(ssl_trusted_certificate=str(clients_1.write_ca(tmp_path / "c1.pem"))))
-    server = TcpServer(ioloop, tls=ytls.get_context,
-                       on_handshake_failed=lambda peer, reason: failures.append((peer, reason)))
+    server = TcpServer(
+        ioloop,
+        tls=ytls.get_context,
+        on_handshake_failed=lambda peer, reason: failures.append((peer, reason)),
+    )
     port = server.start_listening()
 
     def with_cert(client_ca: TestCA, name: str) -> ssl.SSLContext:
@@ -167,7 +176,9 @@ def test_mutual_tls_requires_a_client_certificate_from_the_trusted_ca(
     with tls_connect(port, one) as live:
         assert echo(live, b"mtls") == b"mtls"
         assert server.connections()[0].peer_cert_serial is not None
-        ytls.reload(issued.crypto(ssl_trusted_certificate=str(clients_2.write_ca(tmp_path / "c2.pem"))))
+        ytls.reload(
+            issued.crypto(ssl_trusted_certificate=str(clients_2.write_ca(tmp_path / "c2.pem")))
+        )
         assert not _mtls_try(port, ca, with_cert(clients_1, "one-again"))
         assert _mtls_try(port, ca, with_cert(clients_2, "two"))
         assert echo(live, b"still mtls") == b"still mtls"
@@ -189,12 +200,16 @@ def test_only_allowed_ips_closes_others_at_accept(ioloop: IOLoop) -> None:
     assert allowing.rejected == 0
 
 
-def test_handshake_failures_are_counted_and_reported(ioloop: IOLoop, ca: TestCA,
-                                                     tmp_path: Path) -> None:
+def test_handshake_failures_are_counted_and_reported(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     reasons: list[str] = []
     ytls = Ytls(ca.issue(tmp_path, "srv").crypto(ssl_min_version="TLSv1.3"))
-    server = TcpServer(ioloop, tls=ytls.get_context,
-                       on_handshake_failed=lambda peer, reason: reasons.append(reason))
+    server = TcpServer(
+        ioloop,
+        tls=ytls.get_context,
+        on_handshake_failed=lambda peer, reason: reasons.append(reason),
+    )
     port = server.start_listening()
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -210,12 +225,17 @@ def test_handshake_failures_are_counted_and_reported(ioloop: IOLoop, ca: TestCA,
     assert server.connxs == 0 and server.tconnxs == 0 and server.handshaking == 0
 
 
-def test_half_open_client_is_dropped_after_handshake_timeout(ioloop: IOLoop, ca: TestCA,
-                                                             tmp_path: Path) -> None:
+def test_half_open_client_is_dropped_after_handshake_timeout(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     reasons: list[str] = []
     ytls = Ytls(ca.issue(tmp_path, "srv").crypto())
-    server = TcpServer(ioloop, tls=ytls.get_context, handshake_timeout=0.3,
-                       on_handshake_failed=lambda peer, reason: reasons.append(reason))
+    server = TcpServer(
+        ioloop,
+        tls=ytls.get_context,
+        handshake_timeout=0.3,
+        on_handshake_failed=lambda peer, reason: reasons.append(reason),
+    )
     port = server.start_listening()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         assert wait_for(lambda: server.handshaking == 1)
@@ -223,15 +243,25 @@ def test_half_open_client_is_dropped_after_handshake_timeout(ioloop: IOLoop, ca:
     assert reasons == ["handshake timeout"] and server.handshaking == 0
 
 
-def test_openssl_s_client_handshakes_and_gets_echo(ioloop: IOLoop, ca: TestCA,
-                                                   tmp_path: Path) -> None:
+def test_openssl_s_client_handshakes_and_gets_echo(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     issued = ca.issue(tmp_path, "srv")
     ytls = Ytls(issued.crypto())
     port = TcpServer(ioloop, tls=ytls.get_context).start_listening()
     proc = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-quiet",
-         "-CAfile", str(ca.write_ca(tmp_path / "ca.pem"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-quiet",
+            "-CAfile",
+            str(ca.write_ca(tmp_path / "ca.pem")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert proc.stdin is not None and proc.stdout is not None
@@ -309,8 +339,9 @@ def test_custom_handler_sees_open_data_close(ioloop: IOLoop) -> None:
     assert events == ["open", "data", "close"]
 
 
-def test_no_drop_while_reloading_under_500_tls_connections(ioloop: IOLoop, ca: TestCA,
-                                                           tmp_path: Path) -> None:
+def test_no_drop_while_reloading_under_500_tls_connections(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path
+) -> None:
     """500 sessions keep echoing through 20 reloads while new clients keep connecting;
     each new client is served the certificate current when it connected."""
     issued = [ca.issue(tmp_path, f"gen{i}") for i in range(21)]
@@ -512,7 +543,7 @@ def test_multi_megabyte_echo_to_a_slow_reader_then_half_close(
     def writer() -> None:
         try:
             for i in range(0, len(PAYLOAD), 256 * 1024):
-                send(PAYLOAD[i:i + 256 * 1024])
+                send(PAYLOAD[i : i + 256 * 1024])
             raw.shutdown(socket.SHUT_WR)
         except BaseException as exc:
             errors.append(exc)
@@ -666,8 +697,9 @@ def test_a_thousand_connections_closed_every_way_leak_no_fd_nor_object(
             if i % 2:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, rst)
             s.close()
-    assert wait_for(lambda: server.handshaking == 0 and server.connxs == 0
-                    and plain.connxs == 0, 30)
+    assert wait_for(
+        lambda: server.handshaking == 0 and server.connxs == 0 and plain.connxs == 0, 30
+    )
     for s in idle:
         assert closed_by_server(s)
         s.close()
@@ -734,8 +766,9 @@ def test_handler_and_callback_exceptions_close_only_their_connection(
     def bad_failure_callback(peer: object, reason: str) -> None:
         raise RuntimeError("listener callback failed")
 
-    server, port = tls_server(ioloop, ca, tmp_path, handler=Fragile,
-                              on_handshake_failed=bad_failure_callback)
+    server, port = tls_server(
+        ioloop, ca, tmp_path, handler=Fragile, on_handshake_failed=bad_failure_callback
+    )
     ctx = ca.client_context()
     with tls_connect(port, ctx) as good, tls_connect(port, ctx) as bad:
         bad.sendall(b"boom")
@@ -851,8 +884,10 @@ def test_plain_connections_outlive_the_handshake_timeout_tls_silent_ones_do_not(
     tls, tport = tls_server(ioloop, ca, tmp_path, handshake_timeout=0.2)
     plain = TcpServer(ioloop, handshake_timeout=0.2)
     pport = plain.start_listening()
-    with socket.create_connection(("127.0.0.1", pport), timeout=10) as p, \
-            socket.create_connection(("127.0.0.1", tport), timeout=10) as t:
+    with (
+        socket.create_connection(("127.0.0.1", pport), timeout=10) as p,
+        socket.create_connection(("127.0.0.1", tport), timeout=10) as t,
+    ):
         assert closed_by_server(t)
         time.sleep(0.5)
         assert echo(p, b"still here") == b"still here"
@@ -879,9 +914,18 @@ def test_client_renegotiation_never_breaks_the_server(
     server = TcpServer(ioloop, tls=provider, on_connection_close=lambda c, e: closes.append(e))
     port = server.start_listening()
     proc = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
-         "-CAfile", str(ca.write_ca(tmp_path / "ca.pem"))],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-tls1_2",
+            "-CAfile",
+            str(ca.write_ca(tmp_path / "ca.pem")),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         assert proc.stdin is not None
@@ -906,8 +950,9 @@ def test_client_renegotiation_never_breaks_the_server(
 
 
 @pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
-def test_tls12_and_tls13_clients_echo(ioloop: IOLoop, ca: TestCA, tmp_path: Path,
-                                      version: str) -> None:
+def test_tls12_and_tls13_clients_echo(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path, version: str
+) -> None:
     server, port = tls_server(ioloop, ca, tmp_path)
     ctx = ca.client_context()
     ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, version)
@@ -922,7 +967,9 @@ def s_client(port: int, ca_file: Path, *args: str, line: bytes = b"") -> str:
     """Run `openssl s_client`; with `line`, send it, give the echo time, then quit ("Q")."""
     proc = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_file), *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     assert proc.stdin is not None
     if line:

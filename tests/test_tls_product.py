@@ -92,8 +92,18 @@ class Store:
 def make_store(directory: Path) -> tuple[Store, str]:
     """Run the real script once; (the store, the serial it printed)."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make-certs.py"), "--store", str(directory), "--name", "localhost"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make-certs.py"),
+            "--store",
+            str(directory),
+            "--name",
+            "localhost",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return Store(directory), proc.stdout.split(" serial ")[1].split()[0]
 
@@ -139,7 +149,9 @@ def echo_yuno(tmp_path: Path) -> Iterator[EchoYuno]:
     override = echo_override(tmp_path / "echo-override.json", store, port, name)
     pid = 0
     try:
-        rc, answer = ycommand_json(agent.url, f"run-yuno config={ECHO_CONFIG},{override} wait=20", wait=40)
+        rc, answer = ycommand_json(
+            agent.url, f"run-yuno config={ECHO_CONFIG},{override} wait=20", wait=40
+        )
         assert rc == 0 and answer["result"] == 0, answer
         pid = answer["data"][0]["pid"]
         wait_port(port, timeout=30)
@@ -203,10 +215,22 @@ async def echo_round(clients: list[Client], tag: str) -> list[str]:
     return [f for f in await asyncio.gather(*(one(i, c) for i, c in enumerate(clients))) if f]
 
 
-async def ycommand_async(url: str, command: str, *, as_json: bool = True) -> tuple[int, dict | None, str]:
+async def ycommand_async(
+    url: str, command: str, *, as_json: bool = True
+) -> tuple[int, dict | None, str]:
     """The real ycommand executable: (exit code, last JSON envelope or None, stdout)."""
-    argv = [sys.executable, "-m", "yuneta.ycommand", "-u", url, "-w", "30", *(["--json"] if as_json else []),
-            "-c", command]
+    argv = [
+        sys.executable,
+        "-m",
+        "yuneta.ycommand",
+        "-u",
+        url,
+        "-w",
+        "30",
+        *(["--json"] if as_json else []),
+        "-c",
+        command,
+    ]
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env()
     )
@@ -220,8 +244,9 @@ async def ycommand_async(url: str, command: str, *, as_json: bool = True) -> tup
 def write_mismatched_key(path: Path) -> None:
     """A valid key that belongs to no certificate, put in place atomically."""
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(pem)
     os.chmod(tmp, 0o600)
@@ -233,21 +258,37 @@ def write_mismatched_key(path: Path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_openssl_s_client_verifies_the_served_certificate_and_gets_its_line_back(tmp_path: Path) -> None:
+def test_openssl_s_client_verifies_the_served_certificate_and_gets_its_line_back(
+    tmp_path: Path,
+) -> None:
     store, serial = make_store(tmp_path / "store")
     port = free_port()
     override = echo_override(tmp_path / "over.json", store, port, "echo_s_client")
     with open(tmp_path / "yuno.log", "wb") as log:
         yuno = subprocess.Popen(
             [sys.executable, "-m", "yuneta", "run", "-f", str(ECHO_CONFIG), "-f", str(override)],
-            stdout=log, stderr=log, env=child_env(), cwd=tmp_path,
+            stdout=log,
+            stderr=log,
+            env=child_env(),
+            cwd=tmp_path,
         )
     try:
         wait_port(port, timeout=30, proc=yuno)
         client = subprocess.Popen(
-            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(store.ca),
-             "-verify_return_error", "-verify_ip", "127.0.0.1"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-CAfile",
+                str(store.ca),
+                "-verify_return_error",
+                "-verify_ip",
+                "127.0.0.1",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         assert client.stdin is not None and client.stdout is not None
         client.stdin.write(b"hello through yuneta\n")
@@ -270,7 +311,11 @@ def test_openssl_s_client_verifies_the_served_certificate_and_gets_its_line_back
     assert "Verify return code: 0 (ok)" in text
     assert "subject=CN = localhost" in text and "issuer=CN = Yuneta demo CA" in text
     assert "hello through yuneta\n" in text.split("Verify return code: 0 (ok)", 1)[1]
-    listening = [json.loads(x) for x in (tmp_path / "yuno.log").read_text().splitlines() if '"listening"' in x]
+    listening = [
+        json.loads(x)
+        for x in (tmp_path / "yuno.log").read_text().splitlines()
+        if '"listening"' in x
+    ]
     assert listening and listening[0]["serial"] == serial
 
 
@@ -305,7 +350,9 @@ class ZeroDropRun:
     probes: list[tuple[str, str]] = field(default_factory=list)  # (expected, seen)
 
 
-async def keep_connecting(port: int, ctx: ssl.SSLContext, stop: asyncio.Event, out: list[NewClient]) -> None:
+async def keep_connecting(
+    port: int, ctx: ssl.SSLContext, stop: asyncio.Event, out: list[NewClient]
+) -> None:
     while not stop.is_set():
         record = NewClient(time.monotonic(), 0.0)
         try:
@@ -338,7 +385,10 @@ async def zero_drop(yuno: EchoYuno, connections: int, reloads: int) -> ZeroDropR
 
     await rounds("before")
     stop = asyncio.Event()
-    connectors = [asyncio.create_task(keep_connecting(yuno.port, ctx, stop, run.new_clients)) for _ in range(3)]
+    connectors = [
+        asyncio.create_task(keep_connecting(yuno.port, ctx, stop, run.new_clients))
+        for _ in range(3)
+    ]
     await asyncio.sleep(0.5)  # new clients before the first swap see the first certificate
     for k in range(1, reloads + 1):
         serial = await asyncio.to_thread(yuno.store.rotate)
@@ -381,23 +431,31 @@ def test_live_connections_survive_twenty_reloads_through_the_agent_and_new_ones_
     assert [rc for rc, _ in run.reload_answers] == [0] * 20
     for _, envelope in run.reload_answers:
         assert envelope is not None and envelope["result"] == 0, envelope
-        assert envelope["data"][0]["data"]["reloaded"] == 1 and envelope["data"][0]["data"]["failed"] == 0
+        assert (
+            envelope["data"][0]["data"]["reloaded"] == 1
+            and envelope["data"][0]["data"]["failed"] == 0
+        )
     assert len({r.serial for r in run.reloads}) == 21
     assert all(expected == seen for expected, seen in run.probes), run.probes
     failed = [c for c in run.new_clients if c.error]
     assert failed == []
-    wrong = [(c, allowed_serials(run.reloads, c.started, c.finished)) for c in run.new_clients
-             if c.serial not in allowed_serials(run.reloads, c.started, c.finished)]
+    wrong = [
+        (c, allowed_serials(run.reloads, c.started, c.finished))
+        for c in run.new_clients
+        if c.serial not in allowed_serials(run.reloads, c.started, c.finished)
+    ]
     assert wrong == []
     before_first_swap = [c for c in run.new_clients if c.finished < run.reloads[1].issued]
     assert before_first_swap and all(c.serial == echo_yuno.serial for c in before_first_swap)
     assert len({c.serial for c in run.new_clients}) >= 15  # they really followed the rotation
     reloaded = [x for x in echo_yuno.log_lines() if x.get("msg") == "TLS certificates reloaded"]
     assert [x["serial"] for x in reloaded] == [r.serial for r in run.reloads[1:]]
-    print(f"\nzero-drop: {run.old_connections} live connections, {len(run.reload_answers)} reloads, "
-          f"{run.echo_rounds} echo rounds ({run.echo_rounds * run.old_connections} echoes), "
-          f"{len(run.new_clients)} new clients + {len(run.probes)} probes, "
-          f"failures={len(run.echo_failures) + len(failed) + len(wrong)}, duration {duration:.1f} s")
+    print(
+        f"\nzero-drop: {run.old_connections} live connections, {len(run.reload_answers)} reloads, "
+        f"{run.echo_rounds} echo rounds ({run.echo_rounds * run.old_connections} echoes), "
+        f"{len(run.new_clients)} new clients + {len(run.probes)} probes, "
+        f"failures={len(run.echo_failures) + len(failed) + len(wrong)}, duration {duration:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -419,7 +477,9 @@ async def bad_key_then_good(yuno: EchoYuno) -> None:
     fresh = await Client.connect(yuno.port, ctx)
     assert fresh.serial == yuno.serial and await fresh.echo(b"still the old certificate\n")
     fresh.close()
-    refused = [x for x in yuno.log_lines() if x.get("msg") == "TLS reload refused, old certificate kept"]
+    refused = [
+        x for x in yuno.log_lines() if x.get("msg") == "TLS reload refused, old certificate kept"
+    ]
     assert refused and refused[-1]["path"] == str(yuno.store.key)
 
     new_serial = await asyncio.to_thread(yuno.store.rotate)
@@ -433,7 +493,9 @@ async def bad_key_then_good(yuno: EchoYuno) -> None:
         c.close()
 
 
-def test_mismatched_key_is_refused_by_name_and_the_old_certificate_keeps_serving(echo_yuno: EchoYuno) -> None:
+def test_mismatched_key_is_refused_by_name_and_the_old_certificate_keeps_serving(
+    echo_yuno: EchoYuno,
+) -> None:
     asyncio.run(bad_key_then_good(echo_yuno))
 
 
@@ -442,16 +504,25 @@ def test_mismatched_key_is_refused_by_name_and_the_old_certificate_keeps_serving
 # ---------------------------------------------------------------------------
 
 
-def test_missing_certificate_at_start_exits_non_zero_naming_the_file_and_listens_nowhere(tmp_path: Path) -> None:
+def test_missing_certificate_at_start_exits_non_zero_naming_the_file_and_listens_nowhere(
+    tmp_path: Path,
+) -> None:
     store, _ = make_store(tmp_path / "store")
     missing = tmp_path / "store" / "nowhere.crt"
     port = free_port()
     override = echo_override(tmp_path / "over.json", store, port, "echo_missing", cert=missing)
     proc = subprocess.run(
         [sys.executable, "-m", "yuneta", "run", "-f", str(ECHO_CONFIG), "-f", str(override)],
-        capture_output=True, text=True, timeout=60, env=child_env(), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=tmp_path,
     )
     assert proc.returncode != 0
     assert f"ssl_certificate {missing}: file not found" in proc.stderr
-    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", port), timeout=5),
+    ):
         pass

@@ -42,28 +42,35 @@ ROOT = Path(__file__).resolve().parent.parent
 #   Line splitting
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("line, commands", [
-    ("help", ["help"]),
-    ("a; b ;c", ["a", "b", "c"]),
-    ("  a ;; ; b  ", ["a", "b"]),
-    ("", []),
-    ("set x='a;b'; next", ["set x='a;b'", "next"]),
-    ('set x="a;b"; next', ['set x="a;b"', "next"]),
-    (r'set x="a\";b"; next', [r'set x="a\";b"', "next"]),
-    ('write kw={"a":1;"b":2}; next', ['write kw={"a":1;"b":2}', "next"]),
-    ("-fail; ok", ["-fail", "ok"]),
-    ("unterminated 'quote; still one", ["unterminated 'quote; still one"]),
-])
+
+@pytest.mark.parametrize(
+    "line, commands",
+    [
+        ("help", ["help"]),
+        ("a; b ;c", ["a", "b", "c"]),
+        ("  a ;; ; b  ", ["a", "b"]),
+        ("", []),
+        ("set x='a;b'; next", ["set x='a;b'", "next"]),
+        ('set x="a;b"; next', ['set x="a;b"', "next"]),
+        (r'set x="a\";b"; next', [r'set x="a\";b"', "next"]),
+        ('write kw={"a":1;"b":2}; next', ['write kw={"a":1;"b":2}', "next"]),
+        ("-fail; ok", ["-fail", "ok"]),
+        ("unterminated 'quote; still one", ["unterminated 'quote; still one"]),
+    ],
+)
 def test_split_commands_on_top_level_semicolons(line, commands):
     assert split_commands(line) == commands
 
 
-@pytest.mark.parametrize("command, expected", [
-    ("-kill-yuno id=3", (True, "kill-yuno id=3")),
-    ("- kill-yuno", (True, "kill-yuno")),
-    ("kill-yuno", (False, "kill-yuno")),
-    ("  -x", (True, "x")),
-])
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        ("-kill-yuno id=3", (True, "kill-yuno id=3")),
+        ("- kill-yuno", (True, "kill-yuno")),
+        ("kill-yuno", (False, "kill-yuno")),
+        ("  -x", (True, "x")),
+    ],
+)
 def test_leading_dash_means_ignore_error(command, expected):
     assert strip_ignore_prefix(command) == expected
 
@@ -74,15 +81,17 @@ def test_leading_dash_means_ignore_error(command, expected):
 
 SCHEMA = [
     {"id": "name", "header": "Name", "fillspace": 8},
-    {"id": "days", "header": "Days Remaining"},            # header wider than default 10
+    {"id": "days", "header": "Days Remaining"},  # header wider than default 10
     {"id": "hidden", "header": "Hidden", "fillspace": 0},  # fillspace 0 hides the column
     {"id": "ok", "header": "Ok", "fillspace": 4},
 ]
 
 
 def test_table_matches_the_c_layout():
-    rows = [{"name": "listener-one", "days": 12, "ok": True, "hidden": "x"},
-            {"name": "b", "days": None, "ok": False}]
+    rows = [
+        {"name": "listener-one", "days": 12, "ok": True, "hidden": "x"},
+        {"name": "b", "days": None, "ok": False},
+    ]
     assert render_table(SCHEMA, rows).splitlines() == [
         "Name     Days Remaining Ok",
         "======== ============== ====",
@@ -94,8 +103,9 @@ def test_table_matches_the_c_layout():
 
 
 def test_list_with_schema_prints_a_table_then_the_comment():
-    text = render_answer({"result": 0, "comment": "2 listeners", "schema": SCHEMA,
-                          "data": [{"name": "a"}]})
+    text = render_answer(
+        {"result": 0, "comment": "2 listeners", "schema": SCHEMA, "data": [{"name": "a"}]}
+    )
     lines = text.splitlines()
     assert lines[0].startswith("Name") and lines[-2] == "Total: 1" and lines[-1] == "2 listeners"
 
@@ -108,28 +118,50 @@ def test_dict_data_prints_as_indented_json():
 def test_list_without_schema_prints_as_json_and_strings_as_is():
     assert render_answer({"result": 0, "data": [1, 2]}) == json.dumps([1, 2], indent=4)
     assert render_answer({"result": 0, "data": "Available commands\n- help"}) == (
-        "Available commands\n- help")
+        "Available commands\n- help"
+    )
     assert render_answer({"result": 0, "data": 42}) == "42"
 
 
 def test_negative_result_prints_error_line():
     assert render_answer({"result": -1, "comment": "Yuno not found", "data": None}) == (
-        "ERROR -1: Yuno not found")
+        "ERROR -1: Yuno not found"
+    )
 
 
 def command_yuno_answer() -> dict:
     """The agent's command-yuno envelope: one entry per yuno (schema is optional)."""
     return {
-        "result": -1, "comment": "3 yuno(s) answered, 1 failed", "schema": None,
+        "result": -1,
+        "comment": "3 yuno(s) answered, 1 failed",
+        "schema": None,
         "data": [
-            {"id": "1", "yuno_role": "echo", "yuno_name": "one", "result": 0,
-             "comment": "2 listeners", "schema": SCHEMA,
-             "data": [{"name": "tcp-in", "days": 80, "ok": True}]},
-            {"id": "2", "yuno_role": "echo", "yuno_name": "two", "result": 0,
-             "comment": "echo^two: reloaded 1 TLS listener(s), 0 failed",
-             "data": {"reloaded": 1, "failed": 0}},
-            {"id": "3", "yuno_role": "logcenter", "yuno_name": "lc", "result": -1,
-             "comment": "No answer within 10 s", "schema": None, "data": None},
+            {
+                "id": "1",
+                "yuno_role": "echo",
+                "yuno_name": "one",
+                "result": 0,
+                "comment": "2 listeners",
+                "schema": SCHEMA,
+                "data": [{"name": "tcp-in", "days": 80, "ok": True}],
+            },
+            {
+                "id": "2",
+                "yuno_role": "echo",
+                "yuno_name": "two",
+                "result": 0,
+                "comment": "echo^two: reloaded 1 TLS listener(s), 0 failed",
+                "data": {"reloaded": 1, "failed": 0},
+            },
+            {
+                "id": "3",
+                "yuno_role": "logcenter",
+                "yuno_name": "lc",
+                "result": -1,
+                "comment": "No answer within 10 s",
+                "schema": None,
+                "data": None,
+            },
         ],
     }
 
@@ -147,11 +179,25 @@ def test_command_yuno_answer_prints_each_yuno_like_an_answer_of_its_own():
 
 
 def test_command_yuno_entry_without_schema_and_a_list_prints_json():
-    answer = {"result": 0, "comment": "echo^one: done", "data": [
-        {"id": "1", "yuno_role": "echo", "yuno_name": "one", "result": 0, "comment": "",
-         "data": [1, 2]}]}
+    answer = {
+        "result": 0,
+        "comment": "echo^one: done",
+        "data": [
+            {
+                "id": "1",
+                "yuno_role": "echo",
+                "yuno_name": "one",
+                "result": 0,
+                "comment": "",
+                "data": [1, 2],
+            }
+        ],
+    }
     assert render_answer(answer).splitlines() == [
-        "echo^one:", *json.dumps([1, 2], indent=4).splitlines(), "echo^one: done"]
+        "echo^one:",
+        *json.dumps([1, 2], indent=4).splitlines(),
+        "echo^one: done",
+    ]
 
 
 def test_lists_that_are_not_per_yuno_answers_print_as_before():
@@ -171,18 +217,30 @@ def test_colors_only_when_asked():
 
 
 def test_json_mode_prints_the_envelope():
-    kw = {"result": 0, "comment": "c", "schema": None, "data": {"a": 1},
-          "__md_iev__": {"x": 1}, "__md_yuno__": {"yuno_role": "agent"}}
-    assert json.loads(render_json(kw)) == {"result": 0, "comment": "c", "schema": None,
-                                           "data": {"a": 1},
-                                           "__md_yuno__": {"yuno_role": "agent"}}
+    kw = {
+        "result": 0,
+        "comment": "c",
+        "schema": None,
+        "data": {"a": 1},
+        "__md_iev__": {"x": 1},
+        "__md_yuno__": {"yuno_role": "agent"},
+    }
+    assert json.loads(render_json(kw)) == {
+        "result": 0,
+        "comment": "c",
+        "schema": None,
+        "data": {"a": 1},
+        "__md_yuno__": {"yuno_role": "agent"},
+    }
 
 
 def test_command_names_from_the_c_help_text():
-    help_text = ("Available commands\n==================\n\n> C_AGENT^agent\n"
-                 "- help                         (h , ?) [cmd='?']. Command's help\n"
-                 "- list-yunos                   List yunos\n"
-                 "- command-yuno                 [command='?']. Command to yuno\n")
+    help_text = (
+        "Available commands\n==================\n\n> C_AGENT^agent\n"
+        "- help                         (h , ?) [cmd='?']. Command's help\n"
+        "- list-yunos                   List yunos\n"
+        "- command-yuno                 [command='?']. Command to yuno\n"
+    )
     assert extract_command_names({"data": help_text}) == ["command-yuno", "help", "list-yunos"]
     assert extract_command_names({"data": [{"command": "a"}, "b"]}) == ["a", "b"]
 
@@ -192,7 +250,10 @@ def test_words_after_the_options_are_the_command():
     assert (opts.url, opts.wait, opts.command) == ("ws://h:1", 2.0, "command-yuno command=x")
     defaults = parse_options(["-c", "help"])
     assert (defaults.url, defaults.yuno_role, defaults.service) == (
-        "ws://127.0.0.1:1991", "yuneta_agent", "__default_service__")
+        "ws://127.0.0.1:1991",
+        "yuneta_agent",
+        "__default_service__",
+    )
 
 
 def test_default_wait_outlasts_the_agents_10_s_per_yuno_timeout():
@@ -212,8 +273,9 @@ SERVICES = {"__default_service__", "agent", "__yuno__"}
 def identity_refusal(**card) -> str:
     """What the real agent (ievent.check_identity_card) says to ycommand's card."""
     kw = ievent.ClientSession(**card).connection_made().kw
-    result, comment = ievent.check_identity_card(kw, my_role="yuneta_agent", my_name="agent",
-                                                 services=SERVICES)
+    result, comment = ievent.check_identity_card(
+        kw, my_role="yuneta_agent", my_name="agent", services=SERVICES
+    )
     assert result < 0
     return comment
 
@@ -225,8 +287,10 @@ class TinyAgent:
     one of them is refused with the agent's own comment.
     """
 
-    TABLE_SCHEMA = [{"id": "name", "header": "Name", "fillspace": 12},
-                    {"id": "state", "header": "State", "fillspace": 8}]
+    TABLE_SCHEMA = [
+        {"id": "name", "header": "Name", "fillspace": 12},
+        {"id": "state", "header": "State", "fillspace": 8},
+    ]
 
     def __init__(self, ssl_context=None, tokens: tuple[str, ...] = ()) -> None:
         self.ssl_context = ssl_context
@@ -248,9 +312,15 @@ class TinyAgent:
         if name == "many":
             return {"result": 0, "comment": "", "schema": None, "data": "x" * 200_000}
         if name == "list":
-            return {"result": 0, "comment": "2 yunos", "schema": self.TABLE_SCHEMA,
-                    "data": [{"name": "emailsender", "state": "running"},
-                             {"name": "logcenter", "state": "paused"}]}
+            return {
+                "result": 0,
+                "comment": "2 yunos",
+                "schema": self.TABLE_SCHEMA,
+                "data": [
+                    {"name": "emailsender", "state": "running"},
+                    {"name": "logcenter", "state": "paused"},
+                ],
+            }
         if name == "ok":
             return {"result": 0, "comment": "done", "schema": None, "data": None}
         if name == "info":
@@ -258,14 +328,23 @@ class TinyAgent:
         if name == "fail":
             return {"result": -1, "comment": "it failed", "schema": None, "data": None}
         if name == "help":
-            return {"result": 0, "comment": "", "schema": None,
-                    "data": "Available commands\n- list  List\n- ok  Ok\n- fail  Fail\n"}
+            return {
+                "result": 0,
+                "comment": "",
+                "schema": None,
+                "data": "Available commands\n- list  List\n- ok  Ok\n- fail  Fail\n",
+            }
         return {"result": -1, "comment": f"command not available: '{name}'"}
 
     async def handler(self, ws) -> None:
         session = ievent.ServerSession(
-            yuno_role="yuneta_agent", yuno_name="agent", yuno_id="id-1", realm_name="test",
-            services=SERVICES, auth=self.auth if self.tokens else None)
+            yuno_role="yuneta_agent",
+            yuno_name="agent",
+            yuno_id="id-1",
+            realm_name="test",
+            services=SERVICES,
+            auth=self.auth if self.tokens else None,
+        )
         async for message in ws:
             for action in session.receive_data(message):
                 if isinstance(action, ievent.SendFrame):
@@ -315,9 +394,15 @@ def agent():
 
 def ycommand(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "yuneta.ycommand", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "yuneta.ycommand", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def url(agent: TinyAgent) -> str:
@@ -410,10 +495,16 @@ def test_a_reader_gone_from_stdout_ends_quietly(agent, command):
     os.close(read_end)
     try:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run([sys.executable, "-m", "yuneta.ycommand", "-u", url(agent), "-c",
-                               command], cwd=ROOT, env=env, stdout=write_end,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                              timeout=30)
+        proc = subprocess.run(
+            [sys.executable, "-m", "yuneta.ycommand", "-u", url(agent), "-c", command],
+            cwd=ROOT,
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=30,
+        )
     finally:
         os.close(write_end)
     assert proc.stderr == ""  # no traceback, no "Exception ignored"

@@ -42,16 +42,27 @@ def ca() -> TestCA:
     [(1.5, -1), (365.5, -1), (-2.5, -30)],
     ids=["one-day", "one-year", "expired"],
 )
-def test_cert_info_describes_the_leaf(ca: TestCA, tmp_path: Path, days: float,
-                                      not_before_days: float) -> None:
+def test_cert_info_describes_the_leaf(
+    ca: TestCA, tmp_path: Path, days: float, not_before_days: float
+) -> None:
     issued = ca.issue(tmp_path, "web", days=days, not_before_days=not_before_days)
     ytls = Ytls(issued.crypto())
     now = issued.cert.not_valid_before_utc.timestamp() - not_before_days * 86400
     info = ytls.cert_info(now=now)
 
     assert set(info) == {
-        "subject", "issuer", "not_before", "not_after", "not_before_epoch", "not_after_epoch",
-        "serial", "days_remaining", "san", "fingerprint_sha256", "key_type", "chain_length",
+        "subject",
+        "issuer",
+        "not_before",
+        "not_after",
+        "not_before_epoch",
+        "not_after_epoch",
+        "serial",
+        "days_remaining",
+        "san",
+        "fingerprint_sha256",
+        "key_type",
+        "chain_length",
     }
     assert info["subject"] == "CN=web"
     assert "O=Yuneta Test CA" in info["issuer"]
@@ -127,53 +138,121 @@ def _bad_inputs(ca: TestCA, tmp: Path) -> dict[str, tuple[dict, type, str]]:
     cert, key = str(good.cert_path), str(good.key_path)
     missing = str(tmp / "missing.crt")
     return {
-        "missing-file": ({"ssl_certificate": missing, "ssl_certificate_key": key},
-                         TlsError, f"ssl_certificate {missing}: file not found"),
-        "empty-file": ({"ssl_certificate": write("empty.crt", b""), "ssl_certificate_key": key},
-                       TlsError, "empty.crt: empty file"),
-        "garbage-pem": ({"ssl_certificate": write("garbage.crt", b"-----BEGIN CERTIFICATE-----\n"
-                                                  b"bm90IGEgY2VydA==!!\n-----END CERTIFICATE-----\n"),
-                         "ssl_certificate_key": key},
-                        TlsError, "garbage.crt: truncated/garbage PEM"),
-        "der-not-pem": ({"ssl_certificate": write("cert.der", der), "ssl_certificate_key": key},
-                        TlsError, "cert.der: not a PEM certificate (DER?)"),
-        "key-mismatch": ({"ssl_certificate": cert, "ssl_certificate_key": str(other.key_path)},
-                         KeyMismatchError,
-                         f"ssl_certificate_key {other.key_path}: private key does not match "
-                         f"certificate {cert}"),
-        "encrypted-key": ({"ssl_certificate": str(encrypted.cert_path),
-                           "ssl_certificate_key": str(encrypted.key_path)},
-                          TlsError, "encrypted private key (no passphrase configured)"),
-        "dangling-symlink": ({"ssl_certificate": str(dangling), "ssl_certificate_key": key},
-                             TlsError, "dangling.crt: dangling symlink"),
-        "directory": ({"ssl_certificate": str(directory), "ssl_certificate_key": key},
-                      TlsError, "adir.crt: is a directory"),
-        "truncated-cert": ({"ssl_certificate": write("trunc.crt", cert_pem[: len(cert_pem) // 3]),
-                            "ssl_certificate_key": key},
-                           TlsError, "trunc.crt: truncated/garbage PEM"),
-        "truncated-key": ({"ssl_certificate": cert,
-                           "ssl_certificate_key": write("trunc.key", key_pem[:60])},
-                          TlsError, "ssl_certificate_key"),
-        "missing-key": ({"ssl_certificate": cert, "ssl_certificate_key": str(tmp / "no.key")},
-                        TlsError, "no.key: file not found"),
-        "unknown-crypto-key": ({"ssl_certificate": cert, "ssl_certificate_key": key,
-                                "ssl_bogus": 1}, TlsError, "ssl_bogus: unknown crypto key"),
-        "bad-min-version": ({"ssl_certificate": cert, "ssl_certificate_key": key,
-                             "ssl_min_version": "SSLv3"}, TlsError, "ssl_min_version"),
-        "bad-ciphers": ({"ssl_certificate": cert, "ssl_certificate_key": key,
-                         "ssl_ciphers": "NOPE-NOTHING"}, TlsError, "ssl_ciphers"),
-        "bad-trusted-ca": ({"ssl_certificate": cert, "ssl_certificate_key": key,
-                            "ssl_trusted_certificate": write("ca.pem", b"junk")},
-                           TlsError, "ssl_trusted_certificate"),
-        "verify-mode-without-ca": ({"ssl_certificate": cert, "ssl_certificate_key": key,
-                                    "ssl_verify_mode": "required"}, TlsError, "ssl_verify_mode"),
+        "missing-file": (
+            {"ssl_certificate": missing, "ssl_certificate_key": key},
+            TlsError,
+            f"ssl_certificate {missing}: file not found",
+        ),
+        "empty-file": (
+            {"ssl_certificate": write("empty.crt", b""), "ssl_certificate_key": key},
+            TlsError,
+            "empty.crt: empty file",
+        ),
+        "garbage-pem": (
+            {
+                "ssl_certificate": write(
+                    "garbage.crt",
+                    b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==!!\n-----END CERTIFICATE-----\n",
+                ),
+                "ssl_certificate_key": key,
+            },
+            TlsError,
+            "garbage.crt: truncated/garbage PEM",
+        ),
+        "der-not-pem": (
+            {"ssl_certificate": write("cert.der", der), "ssl_certificate_key": key},
+            TlsError,
+            "cert.der: not a PEM certificate (DER?)",
+        ),
+        "key-mismatch": (
+            {"ssl_certificate": cert, "ssl_certificate_key": str(other.key_path)},
+            KeyMismatchError,
+            f"ssl_certificate_key {other.key_path}: private key does not match certificate {cert}",
+        ),
+        "encrypted-key": (
+            {
+                "ssl_certificate": str(encrypted.cert_path),
+                "ssl_certificate_key": str(encrypted.key_path),
+            },
+            TlsError,
+            "encrypted private key (no passphrase configured)",
+        ),
+        "dangling-symlink": (
+            {"ssl_certificate": str(dangling), "ssl_certificate_key": key},
+            TlsError,
+            "dangling.crt: dangling symlink",
+        ),
+        "directory": (
+            {"ssl_certificate": str(directory), "ssl_certificate_key": key},
+            TlsError,
+            "adir.crt: is a directory",
+        ),
+        "truncated-cert": (
+            {
+                "ssl_certificate": write("trunc.crt", cert_pem[: len(cert_pem) // 3]),
+                "ssl_certificate_key": key,
+            },
+            TlsError,
+            "trunc.crt: truncated/garbage PEM",
+        ),
+        "truncated-key": (
+            {"ssl_certificate": cert, "ssl_certificate_key": write("trunc.key", key_pem[:60])},
+            TlsError,
+            "ssl_certificate_key",
+        ),
+        "missing-key": (
+            {"ssl_certificate": cert, "ssl_certificate_key": str(tmp / "no.key")},
+            TlsError,
+            "no.key: file not found",
+        ),
+        "unknown-crypto-key": (
+            {"ssl_certificate": cert, "ssl_certificate_key": key, "ssl_bogus": 1},
+            TlsError,
+            "ssl_bogus: unknown crypto key",
+        ),
+        "bad-min-version": (
+            {"ssl_certificate": cert, "ssl_certificate_key": key, "ssl_min_version": "SSLv3"},
+            TlsError,
+            "ssl_min_version",
+        ),
+        "bad-ciphers": (
+            {"ssl_certificate": cert, "ssl_certificate_key": key, "ssl_ciphers": "NOPE-NOTHING"},
+            TlsError,
+            "ssl_ciphers",
+        ),
+        "bad-trusted-ca": (
+            {
+                "ssl_certificate": cert,
+                "ssl_certificate_key": key,
+                "ssl_trusted_certificate": write("ca.pem", b"junk"),
+            },
+            TlsError,
+            "ssl_trusted_certificate",
+        ),
+        "verify-mode-without-ca": (
+            {"ssl_certificate": cert, "ssl_certificate_key": key, "ssl_verify_mode": "required"},
+            TlsError,
+            "ssl_verify_mode",
+        ),
     }
 
 
 BAD_CASES = [
-    "missing-file", "empty-file", "garbage-pem", "der-not-pem", "key-mismatch", "encrypted-key",
-    "dangling-symlink", "directory", "truncated-cert", "truncated-key", "missing-key",
-    "unknown-crypto-key", "bad-min-version", "bad-ciphers", "bad-trusted-ca",
+    "missing-file",
+    "empty-file",
+    "garbage-pem",
+    "der-not-pem",
+    "key-mismatch",
+    "encrypted-key",
+    "dangling-symlink",
+    "directory",
+    "truncated-cert",
+    "truncated-key",
+    "missing-key",
+    "unknown-crypto-key",
+    "bad-min-version",
+    "bad-ciphers",
+    "bad-trusted-ca",
     "verify-mode-without-ca",
 ]
 
@@ -202,8 +281,9 @@ def test_error_message_never_contains_key_material(ca: TestCA, tmp_path: Path) -
     good, other = ca.issue(tmp_path, "good"), ca.issue(tmp_path, "other")
     key_body = other.key_path.read_text().splitlines()[1]
     with pytest.raises(TlsError) as err:
-        build_server_context({"ssl_certificate": str(good.cert_path),
-                              "ssl_certificate_key": str(other.key_path)})
+        build_server_context(
+            {"ssl_certificate": str(good.cert_path), "ssl_certificate_key": str(other.key_path)}
+        )
     assert key_body not in str(err.value)
 
 
@@ -247,8 +327,9 @@ def test_trusted_certificate_enables_required_client_verification(
 
 def test_settings_are_applied(ca: TestCA, tmp_path: Path) -> None:
     issued = ca.issue(tmp_path, "srv")
-    ctx = build_server_context(issued.crypto(ssl_min_version="1.3", ssl_verify_depth=3,
-                                             ssl_disable_renegotiation=True))
+    ctx = build_server_context(
+        issued.crypto(ssl_min_version="1.3", ssl_verify_depth=3, ssl_disable_renegotiation=True)
+    )
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
     assert ctx.options & ssl.OP_NO_RENEGOTIATION
     default = build_server_context(issued.crypto())
@@ -378,8 +459,11 @@ def _client_with_intermediate_handshake(ca: TestCA, tmp_path: Path, depth: int) 
     tmp_path.mkdir()
     ca_file = tmp_path / "client-root.pem"
     client_root.cert_pem.write_to_path(str(ca_file))
-    ctx = build_server_context(ca.issue(tmp_path, "srv").crypto(
-        ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth))
+    ctx = build_server_context(
+        ca.issue(tmp_path, "srv").crypto(
+            ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth
+        )
+    )
     client_ctx = ca.client_context()
     client_leaf.configure_cert(client_ctx)  # leaf + intermediate
     _handshake_serial(ctx, client_ctx)

@@ -10,7 +10,12 @@ import time
 
 import pytest
 
-RUN = [sys.executable, "-c", "import kernel_helpers, sys; from yuneta.cli import main; sys.exit(main())", "run"]
+RUN = [
+    sys.executable,
+    "-c",
+    "import kernel_helpers, sys; from yuneta.cli import main; sys.exit(main())",
+    "run",
+]
 
 
 def start_yuno(tmp_path, env, services) -> tuple[subprocess.Popen, str]:
@@ -45,14 +50,25 @@ def start_yuno(tmp_path, env, services) -> tuple[subprocess.Popen, str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_every_gobj_and_exits_zero(tmp_path, subprocess_env, signum):
-    services = [{"name": "lamp", "gclass": "T_LAMP", "as_service": True, "kw": {"owner": "o"},
-                 "children": [{"name": "inner", "gclass": "T_COLLECTOR"}]}]
+    services = [
+        {
+            "name": "lamp",
+            "gclass": "T_LAMP",
+            "as_service": True,
+            "kw": {"owner": "o"},
+            "children": [{"name": "inner", "gclass": "T_COLLECTOR"}],
+        }
+    ]
     proc, log_file = start_yuno(tmp_path, subprocess_env, services)
     proc.send_signal(signum)
     assert proc.wait(timeout=30) == 0
     lines = [json.loads(line) for line in open(log_file)]
     assert all({"time", "level", "gobj", "msg"} <= set(line) for line in lines)
     msgs = [line["msg"] for line in lines]
-    assert msgs.index("yuno running") < msgs.index("signal received, stopping") < msgs.index("yuno stopped")
+    assert (
+        msgs.index("yuno running")
+        < msgs.index("signal received, stopping")
+        < msgs.index("yuno stopped")
+    )
     stop_line = next(line for line in lines if line["msg"] == "signal received, stopping")
     assert stop_line["signal"] == signum.name

@@ -21,8 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (("run", "run a yuno"), ("check", "validate configs, start nothing")):
         p = sub.add_parser(verb, help=text)
-        p.add_argument("-f", "--config", action="append", required=True, metavar="FILE",
-                       help="JSON config file; repeat to merge later files over earlier ones")
+        p.add_argument(
+            "-f",
+            "--config",
+            action="append",
+            required=True,
+            metavar="FILE",
+            help="JSON config file; repeat to merge later files over earlier ones",
+        )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)

@@ -121,9 +121,13 @@ def load_config(files: list[str], extra: list[dict[str, Any]] | None = None) -> 
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(file, "", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+            raise ConfigError(
+                file, "", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            ) from None
         if not isinstance(data, dict):
-            raise ConfigError(file, "", f"the top level must be an object, not {type(data).__name__}")
+            raise ConfigError(
+                file, "", f"the top level must be an object, not {type(data).__name__}"
+            )
         merger.merge(data, file)
     for i, data in enumerate(extra or []):
         merger.merge(data, f"<extra config {i}>")
@@ -147,7 +151,9 @@ def _substitute(value: Any, variables: dict[str, Any], path: Path, merger: _Merg
 
     def lookup(name: str) -> Any:
         if name not in variables:
-            raise ConfigError(merger.file_of(path), fmt_path(path), f"unknown config variable '{name}'")
+            raise ConfigError(
+                merger.file_of(path), fmt_path(path), f"unknown config variable '{name}'"
+            )
         return variables[name]
 
     whole = _VAR_RE.fullmatch(value)
@@ -161,13 +167,17 @@ def _substitute(value: Any, variables: dict[str, Any], path: Path, merger: _Merg
     return _VAR_RE.sub(text, value)
 
 
-def _validate(data: dict[str, Any], variables: dict, merger: _Merger, files: list[str]) -> YunoConfig:
+def _validate(
+    data: dict[str, Any], variables: dict, merger: _Merger, files: list[str]
+) -> YunoConfig:
     def fail(path: Path, problem: str) -> ConfigError:
         return ConfigError(merger.file_of(path), fmt_path(path), problem)
 
     for key in data:
         if key not in TOP_KEYS:
-            raise fail((key,), f"unknown top-level key '{key}' (expected one of {sorted(TOP_KEYS)})")
+            raise fail(
+                (key,), f"unknown top-level key '{key}' (expected one of {sorted(TOP_KEYS)})"
+            )
 
     environment = data.get("environment", {})
     if not isinstance(environment, dict):
@@ -192,7 +202,9 @@ def _validate(data: dict[str, Any], variables: dict, merger: _Merger, files: lis
     if not isinstance(yuno_kw, dict):
         raise fail(("yuno",), "must be an object")
     yuno_def = _gdef("C_YUNO", ("yuno",), fail)
-    yuno_kw = _check_kw(yuno_def, {**_globals_for(global_kw, "C_YUNO", "__yuno__"), **yuno_kw}, ("yuno",), fail)
+    yuno_kw = _check_kw(
+        yuno_def, {**_globals_for(global_kw, "C_YUNO", "__yuno__"), **yuno_kw}, ("yuno",), fail
+    )
 
     services_raw = data.get("services", [])
     if not isinstance(services_raw, list):
@@ -247,7 +259,9 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any) -> list[ServiceNod
             raise fail(p, "each gobj node must be an object")
         for key in node:
             if key not in NODE_KEYS:
-                raise fail((*p, key), f"unknown key '{key}' in a gobj node (expected {sorted(NODE_KEYS)})")
+                raise fail(
+                    (*p, key), f"unknown key '{key}' in a gobj node (expected {sorted(NODE_KEYS)})"
+                )
         name = node.get("name")
         if not isinstance(name, str) or not name:
             raise fail((*p, "name"), "every gobj node needs a non-empty string 'name'")
@@ -300,4 +314,6 @@ def _check_global_targets(global_kw: dict, services: list[ServiceNode], fail: An
         try:
             find_gclass(target)
         except GClassError:
-            raise fail(("global", key), f"'{target}' is neither a gclass nor a gobj of this config") from None
+            raise fail(
+                ("global", key), f"'{target}' is neither a gclass nor a gobj of this config"
+            ) from None

@@ -56,7 +56,9 @@ def coerce(type_: str, value: Any, strict: bool = False) -> Any:
     if type_ not in TYPES:
         raise ValueError(f"unknown type '{type_}'")
     if strict:
-        ok = isinstance(value, TYPES[type_]) and not (isinstance(value, bool) and type_ in ("int", "real"))
+        ok = isinstance(value, TYPES[type_]) and not (
+            isinstance(value, bool) and type_ in ("int", "real")
+        )
         if not ok:
             raise ValueError(f"expected {type_}, got {type(value).__name__} {_short(value)}")
         return float(value) if type_ == "real" else value

@@ -41,7 +41,9 @@ ASK_TIMEOUT = 60.0
 
 #: Commands every gobj answers, besides those of its gclass.
 BUILTIN_COMMANDS: tuple[Command, ...] = (
-    Command("help", "cmd_help", (), "List the commands of this gobj with their parameters", ("h", "?")),
+    Command(
+        "help", "cmd_help", (), "List the commands of this gobj with their parameters", ("h", "?")
+    ),
     Command(
         "view-attrs", "cmd_view_attrs", (), "View the public attributes of this gobj", ("attrs",)
     ),
@@ -231,7 +233,12 @@ class GObj:
             try:
                 fn(*a)
             except Exception as exc:
-                self.log_error("posted call failed", call=getattr(fn, "__name__", str(fn)), error=repr(exc), exc_info=True)
+                self.log_error(
+                    "posted call failed",
+                    call=getattr(fn, "__name__", str(fn)),
+                    error=repr(exc),
+                    exc_info=True,
+                )
 
         try:
             self._actor.tell((guarded, args))
@@ -251,7 +258,6 @@ class GObj:
     def ask_event(self, event: str, kw: dict | None = None, src: GObj | None = None) -> int:
         """Deliver `event` and wait for the action's result (-1 when not accepted)."""
         return self._call(self._dispatch, event, kw or {}, src)
-
 
     def change_state(self, new_state: str) -> None:
         """Set the state from inside an action (as the original's gobj_change_state)."""
@@ -281,7 +287,14 @@ class GObj:
         try:
             result = getattr(self, action)(event, kw, src)
         except Exception as exc:
-            self.log_error("action failed", event=event, action=action, state=state, error=repr(exc), exc_info=True)
+            self.log_error(
+                "action failed",
+                event=event,
+                action=action,
+                state=state,
+                error=repr(exc),
+                exc_info=True,
+            )
             return -1
         return result if isinstance(result, int) else 0
 
@@ -451,7 +464,11 @@ class GObj:
     # ----- commands ------------------------------------------------------------------
 
     def command(
-        self, line: str, kw: dict | None = None, src: GObj | None = None, timeout: float = ASK_TIMEOUT
+        self,
+        line: str,
+        kw: dict | None = None,
+        src: GObj | None = None,
+        timeout: float = ASK_TIMEOUT,
     ) -> dict:
         """Run a command line (`cmd key=value ...`) plus typed `kw`; return its envelope.
 
@@ -479,14 +496,18 @@ class GObj:
             name, positional, pairs = split_command(line)
             cmd = self.find_command(name)
             if cmd is None:
-                raise CommandError(f"command '{name}' not available in '{self.name}' ({self.gclass.name})")
+                raise CommandError(
+                    f"command '{name}' not available in '{self.name}' ({self.gclass.name})"
+                )
             pairs.update(kw)
             typed = build_kw(cmd, positional, pairs)
             answer = getattr(self, cmd.handler)(cmd.name, typed, src)
         except CommandError as exc:
             return error_envelope(exc)
         except Exception as exc:
-            self.log_error("command failed", command=line.split(" ", 1)[0], error=repr(exc), exc_info=True)
+            self.log_error(
+                "command failed", command=line.split(" ", 1)[0], error=repr(exc), exc_info=True
+            )
             return error_envelope(exc)
         if isinstance(answer, concurrent.futures.Future):
             return answer
@@ -496,7 +517,8 @@ class GObj:
         rows = []
         for c in (*self.gclass.commands, *BUILTIN_COMMANDS):
             params = " ".join(
-                f"{p.name}=<{p.type}>" + (f" (default {p.default!r})" if p.default not in (None, "") else "")
+                f"{p.name}=<{p.type}>"
+                + (f" (default {p.default!r})" if p.default not in (None, "") else "")
                 for p in c.params
             )
             rows.append(

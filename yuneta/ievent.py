@@ -24,18 +24,47 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "EV_IDENTITY_CARD", "EV_IDENTITY_CARD_ACK", "EV_MT_COMMAND", "EV_MT_COMMAND_ANSWER",
-    "EV_MT_STATS", "EV_MT_STATS_ANSWER", "EV_GOODBYE",
-    "IEVENT_STACK_ID", "COMMAND_STACK_ID", "MSG_ID_KEY", "DEFAULT_MAX_FRAME_SIZE",
-    "ST_DISCONNECTED", "ST_WAIT_IDENTITY_CARD", "ST_WAIT_IDENTITY_CARD_ACK", "ST_SESSION",
+    "EV_IDENTITY_CARD",
+    "EV_IDENTITY_CARD_ACK",
+    "EV_MT_COMMAND",
+    "EV_MT_COMMAND_ANSWER",
+    "EV_MT_STATS",
+    "EV_MT_STATS_ANSWER",
+    "EV_GOODBYE",
+    "IEVENT_STACK_ID",
+    "COMMAND_STACK_ID",
+    "MSG_ID_KEY",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "ST_DISCONNECTED",
+    "ST_WAIT_IDENTITY_CARD",
+    "ST_WAIT_IDENTITY_CARD_ACK",
+    "ST_SESSION",
     "ST_CLOSED",
-    "FrameError", "LocalProtocolError", "Frame", "Gate",
-    "decode_frame", "encode_frame", "md_yuno",
-    "build_identity_card", "check_identity_card", "build_identity_card_ack",
-    "build_command", "build_command_answer", "build_response_envelope",
-    "SendFrame", "Close", "IdentityAccepted", "IdentityRefused", "CommandRequest",
-    "EventReceived", "ProtocolFault", "SessionOpened", "CommandAnswer", "AnswerDropped",
-    "ServerSession", "ClientSession",
+    "FrameError",
+    "LocalProtocolError",
+    "Frame",
+    "Gate",
+    "decode_frame",
+    "encode_frame",
+    "md_yuno",
+    "build_identity_card",
+    "check_identity_card",
+    "build_identity_card_ack",
+    "build_command",
+    "build_command_answer",
+    "build_response_envelope",
+    "SendFrame",
+    "Close",
+    "IdentityAccepted",
+    "IdentityRefused",
+    "CommandRequest",
+    "EventReceived",
+    "ProtocolFault",
+    "SessionOpened",
+    "CommandAnswer",
+    "AnswerDropped",
+    "ServerSession",
+    "ClientSession",
 ]
 
 # Events of the protocol (names as in msg_ievent.c / c_ievent_srv.c).
@@ -67,8 +96,17 @@ ST_SESSION = "ST_SESSION"
 ST_CLOSED = "ST_CLOSED"
 
 # Keys of a command frame's kw that are metadata, not command parameters.
-_METADATA_KEYS = frozenset({"__command__", "__stats__", "__md_iev__", "__md_yuno__", "__temp__",
-                            "__username__", "__md_command__"})
+_METADATA_KEYS = frozenset(
+    {
+        "__command__",
+        "__stats__",
+        "__md_iev__",
+        "__md_yuno__",
+        "__temp__",
+        "__username__",
+        "__md_command__",
+    }
+)
 _MAX_DEPTH = 256
 
 
@@ -95,6 +133,7 @@ class Frame:
 # ---------------------------------------------------------------------------
 #   Frames
 # ---------------------------------------------------------------------------
+
 
 def _reject_constant(name: str) -> Any:
     raise FrameError(f"bad JSON: {name} is not JSON")
@@ -164,13 +203,18 @@ def encode_frame(event: str, kw: Mapping[str, Any] | None = None) -> str:
     """Serialize one inter-event as compact JSON text (``{"event":..,"kw":{..}}``)."""
     if not isinstance(event, str) or not event:
         raise ValueError("event must be a non-empty string")
-    return json.dumps({"event": event, "kw": dict(kw or {})},
-                      separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        {"event": event, "kw": dict(kw or {})},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
 
 
 # ---------------------------------------------------------------------------
 #   Routing records
 # ---------------------------------------------------------------------------
+
 
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
@@ -192,11 +236,14 @@ class Gate:
     def to_dict(self) -> dict[str, str]:
         """The record as the wire carries it (C key order: dst_*, src_*, user, host)."""
         return {
-            "dst_yuno": self.dst_yuno, "dst_role": self.dst_role,
+            "dst_yuno": self.dst_yuno,
+            "dst_role": self.dst_role,
             "dst_service": self.dst_service,
-            "src_yuno": self.src_yuno, "src_role": self.src_role,
+            "src_yuno": self.src_yuno,
+            "src_role": self.src_role,
             "src_service": self.src_service,
-            "user": self.user, "host": self.host,
+            "user": self.user,
+            "host": self.host,
         }
 
     @classmethod
@@ -208,9 +255,16 @@ class Gate:
 
     def reversed(self, my_yuno: str, my_role: str, my_service: str) -> Gate:
         """The answer's record: dst = the old src, src = me (msg_iev_reverse_dst)."""
-        return Gate(src_yuno=my_yuno, src_role=my_role, src_service=my_service,
-                    dst_yuno=self.src_yuno, dst_role=self.src_role,
-                    dst_service=self.src_service, user=self.user, host=self.host)
+        return Gate(
+            src_yuno=my_yuno,
+            src_role=my_role,
+            src_service=my_service,
+            dst_yuno=self.src_yuno,
+            dst_role=self.src_role,
+            dst_service=self.src_service,
+            user=self.user,
+            host=self.host,
+        )
 
 
 def _top_gate(kw: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -226,13 +280,21 @@ def _top_gate(kw: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def md_yuno(realm_name: str, yuno_role: str, yuno_name: str, yuno_id: str) -> dict[str, str]:
     """The ``__md_yuno__`` block a yuno puts in its answers."""
-    return {"realm_name": realm_name, "yuno_role": yuno_role, "yuno_name": yuno_name,
-            "yuno_id": yuno_id}
+    return {
+        "realm_name": realm_name,
+        "yuno_role": yuno_role,
+        "yuno_name": yuno_name,
+        "yuno_id": yuno_id,
+    }
 
 
-def _set_back_metadata(request_kw: Mapping[str, Any], response: dict[str, Any],
-                       md: Mapping[str, Any], me: tuple[str, str, str],
-                       default_gate: Gate | None) -> dict[str, Any]:
+def _set_back_metadata(
+    request_kw: Mapping[str, Any],
+    response: dict[str, Any],
+    md: Mapping[str, Any],
+    me: tuple[str, str, str],
+    default_gate: Gate | None,
+) -> dict[str, Any]:
     """Copy the request's ``__md_iev__`` into response, reversed, plus ``__md_yuno__``.
 
     ``me`` is (yuno, role, service) of the answering side: the new src of the top gate.
@@ -261,11 +323,22 @@ def _set_back_metadata(request_kw: Mapping[str, Any], response: dict[str, Any],
 #   Identity card
 # ---------------------------------------------------------------------------
 
-def build_identity_card(src_yuno: str, src_role: str, src_service: str,
-                        dst_yuno: str, dst_role: str, dst_service: str,
-                        user: str, host: str, pid: int, jwt: str | None = None, *,
-                        yuno_id: str = "", extra: Mapping[str, Any] | None = None
-                        ) -> dict[str, Any]:
+
+def build_identity_card(
+    src_yuno: str,
+    src_role: str,
+    src_service: str,
+    dst_yuno: str,
+    dst_role: str,
+    dst_service: str,
+    user: str,
+    host: str,
+    pid: int,
+    jwt: str | None = None,
+    *,
+    yuno_id: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """kw of an EV_IDENTITY_CARD as the C client sends it (c_ievent_cli.c send_identity_card).
 
     The routing (src/dst role, name, service, user, host) travels in ``__md_iev__`` as the
@@ -292,9 +365,16 @@ def build_identity_card(src_yuno: str, src_role: str, src_service: str,
     }
     for key, value in (extra or {}).items():
         card.setdefault(key, value)
-    gate = Gate(src_yuno=src_yuno, src_role=src_role, src_service=src_service,
-                dst_yuno=dst_yuno, dst_role=dst_role, dst_service=dst_service,
-                user=user, host=host)
+    gate = Gate(
+        src_yuno=src_yuno,
+        src_role=src_role,
+        src_service=src_service,
+        dst_yuno=dst_yuno,
+        dst_role=dst_role,
+        dst_service=dst_service,
+        user=user,
+        host=host,
+    )
     card["__md_iev__"] = {IEVENT_STACK_ID: [gate.to_dict()], "__msg_type__": MSG_TYPE_IDENTITY}
     return card
 
@@ -327,9 +407,14 @@ def _has_service(services: ServicesLookup, name: str) -> bool:
     return any(isinstance(s, str) and s.casefold() == wanted for s in services)
 
 
-def check_identity_card(kw: Mapping[str, Any], *, my_role: str, my_name: str = "",
-                        services: ServicesLookup, auth: AuthHook | None = None
-                        ) -> tuple[int, str]:
+def check_identity_card(
+    kw: Mapping[str, Any],
+    *,
+    my_role: str,
+    my_name: str = "",
+    services: ServicesLookup,
+    auth: AuthHook | None = None,
+) -> tuple[int, str]:
     """Decide on an identity card as c_ievent_srv.c ac_identity_card does; never raises.
 
     Checks in order: a routing record exists; ``dst_role`` equals ``my_role`` (case-insensitive,
@@ -367,9 +452,15 @@ def check_identity_card(kw: Mapping[str, Any], *, my_role: str, my_name: str = "
     return result, comment or "Identity card accepted"
 
 
-def build_identity_card_ack(result: int, comment: str, card_kw: Mapping[str, Any],
-                            my_yuno: str, my_role: str, my_service: str,
-                            md_yuno: Mapping[str, Any]) -> dict[str, Any]:
+def build_identity_card_ack(
+    result: int,
+    comment: str,
+    card_kw: Mapping[str, Any],
+    my_yuno: str,
+    my_role: str,
+    my_service: str,
+    md_yuno: Mapping[str, Any],
+) -> dict[str, Any]:
     """kw of the EV_IDENTITY_CARD_ACK answering ``card_kw``.
 
     As c_authz.c + msg_iev_set_back_metadata: ``result``, ``comment``, ``username``,
@@ -392,8 +483,14 @@ def build_identity_card_ack(result: int, comment: str, card_kw: Mapping[str, Any
 #   Commands
 # ---------------------------------------------------------------------------
 
-def build_command(command_line: str, kw: Mapping[str, Any] | None, gate: Gate | Mapping[str, Any],
-                  *, msg_id: int | str | None = None) -> dict[str, Any]:
+
+def build_command(
+    command_line: str,
+    kw: Mapping[str, Any] | None,
+    gate: Gate | Mapping[str, Any],
+    *,
+    msg_id: int | str | None = None,
+) -> dict[str, Any]:
     """kw of an EV_MT_COMMAND (c_ievent_cli.c mt_command).
 
     The command's extra parameters (``kw``) are top-level keys of the frame's kw, next to
@@ -415,8 +512,9 @@ def build_command(command_line: str, kw: Mapping[str, Any] | None, gate: Gate | 
     return frame_kw
 
 
-def build_response_envelope(result: int, comment: str = "", schema: Any = None,
-                            data: Any = None) -> dict[str, Any]:
+def build_response_envelope(
+    result: int, comment: str = "", schema: Any = None, data: Any = None
+) -> dict[str, Any]:
     """The ``{result, comment, schema, data}`` envelope; a failure (negative result) without
     comment says "(see log)", as `yuneta.command.envelope`; a positive result is not a failure."""
     if result < 0 and not comment:
@@ -424,9 +522,14 @@ def build_response_envelope(result: int, comment: str = "", schema: Any = None,
     return {"result": int(result), "comment": comment, "schema": schema, "data": data}
 
 
-def build_command_answer(envelope: Mapping[str, Any], request_kw: Mapping[str, Any],
-                         md_yuno: Mapping[str, Any], *, my_service: str = "",
-                         default_gate: Gate | None = None) -> dict[str, Any]:
+def build_command_answer(
+    envelope: Mapping[str, Any],
+    request_kw: Mapping[str, Any],
+    md_yuno: Mapping[str, Any],
+    *,
+    my_service: str = "",
+    default_gate: Gate | None = None,
+) -> dict[str, Any]:
     """kw of the EV_MT_COMMAND_ANSWER to ``request_kw`` (msg_iev_build_response).
 
     The envelope (normalized: int ``result``, str ``comment``, ``schema``, ``data``; other keys
@@ -439,8 +542,14 @@ def build_command_answer(envelope: Mapping[str, Any], request_kw: Mapping[str, A
     result = raw_result if isinstance(raw_result, int) and not isinstance(raw_result, bool) else -1
     comment = envelope.get("comment")
     answer = {k: v for k, v in envelope.items() if k not in ("__md_iev__", "__md_yuno__")}
-    answer.update(build_response_envelope(result, comment if isinstance(comment, str) else "",
-                                          envelope.get("schema"), envelope.get("data")))
+    answer.update(
+        build_response_envelope(
+            result,
+            comment if isinstance(comment, str) else "",
+            envelope.get("schema"),
+            envelope.get("data"),
+        )
+    )
     me = (_str(md_yuno.get("yuno_name")), _str(md_yuno.get("yuno_role")), my_service)
     return _set_back_metadata(request_kw, answer, md_yuno, me, default_gate)
 
@@ -448,6 +557,7 @@ def build_command_answer(envelope: Mapping[str, Any], request_kw: Mapping[str, A
 # ---------------------------------------------------------------------------
 #   What the sessions return
 # ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SendFrame:
@@ -551,6 +661,7 @@ class AnswerDropped:
 #   Server session
 # ---------------------------------------------------------------------------
 
+
 def local_user() -> str:
     """The login name an identity card carries as `user` ("" when it cannot be told)."""
     try:
@@ -577,10 +688,18 @@ class ServerSession:
     ACK and the session stays waiting (the transport applies its own idle timeout).
     """
 
-    def __init__(self, *, yuno_role: str, yuno_name: str = "", yuno_id: str = "",
-                 realm_name: str = "", services: ServicesLookup,
-                 auth: AuthHook | None = None, channel_name: str = "ievent_srv",
-                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        yuno_role: str,
+        yuno_name: str = "",
+        yuno_id: str = "",
+        realm_name: str = "",
+        services: ServicesLookup,
+        auth: AuthHook | None = None,
+        channel_name: str = "ievent_srv",
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self.yuno_role = yuno_role
         self.yuno_name = yuno_name
         self.services = services
@@ -617,10 +736,12 @@ class ServerSession:
         if frame.event == EV_IDENTITY_CARD:
             return self._identity_card(frame.kw)
         if self.state != ST_SESSION:
-            answer_event = (EV_MT_STATS_ANSWER if frame.event == EV_MT_STATS
-                            else EV_MT_COMMAND_ANSWER)
+            answer_event = (
+                EV_MT_STATS_ANSWER if frame.event == EV_MT_STATS else EV_MT_COMMAND_ANSWER
+            )
             envelope = build_response_envelope(
-                -1, f"Identity card required: only authenticated clients can send {frame.event}")
+                -1, f"Identity card required: only authenticated clients can send {frame.event}"
+            )
             return [SendFrame(answer_event, self._answer_kw(envelope, frame.kw))]
         if frame.event in (EV_MT_COMMAND, EV_MT_STATS):
             return self._command(frame)
@@ -639,34 +760,52 @@ class ServerSession:
     def _default_gate(self) -> Gate:
         """Request record assumed for a command that carries no __md_iev__ of its own."""
         client = self.client or Gate()
-        return Gate(src_yuno=client.src_yuno, src_role=client.src_role,
-                    src_service=client.src_service, dst_yuno=self.yuno_name,
-                    dst_role=self.yuno_role, dst_service=client.dst_service,
-                    user=client.user, host=client.host)
+        return Gate(
+            src_yuno=client.src_yuno,
+            src_role=client.src_role,
+            src_service=client.src_service,
+            dst_yuno=self.yuno_name,
+            dst_role=self.yuno_role,
+            dst_service=client.dst_service,
+            user=client.user,
+            host=client.host,
+        )
 
-    def _answer_kw(self, envelope: Mapping[str, Any], request_kw: Mapping[str, Any]
-                   ) -> dict[str, Any]:
-        return build_command_answer(envelope, request_kw, self.md_yuno,
-                                    my_service=self.channel_name,
-                                    default_gate=self._default_gate())
+    def _answer_kw(
+        self, envelope: Mapping[str, Any], request_kw: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return build_command_answer(
+            envelope,
+            request_kw,
+            self.md_yuno,
+            my_service=self.channel_name,
+            default_gate=self._default_gate(),
+        )
 
     def _bad_frame(self, reason: str) -> list[Any]:
         envelope = build_response_envelope(-1, f"Bad inter-event: {reason}")
-        return [ProtocolFault(reason),
-                SendFrame(EV_MT_COMMAND_ANSWER, self._answer_kw(envelope, {}))]
+        return [
+            ProtocolFault(reason),
+            SendFrame(EV_MT_COMMAND_ANSWER, self._answer_kw(envelope, {})),
+        ]
 
     def _identity_card(self, kw: dict[str, Any]) -> list[Any]:
-        result, comment = check_identity_card(kw, my_role=self.yuno_role, my_name=self.yuno_name,
-                                              services=self.services, auth=self.auth)
-        ack = build_identity_card_ack(result, comment, kw, self.yuno_name, self.yuno_role,
-                                      self.channel_name, self.md_yuno)
+        result, comment = check_identity_card(
+            kw,
+            my_role=self.yuno_role,
+            my_name=self.yuno_name,
+            services=self.services,
+            auth=self.auth,
+        )
+        ack = build_identity_card_ack(
+            result, comment, kw, self.yuno_name, self.yuno_role, self.channel_name, self.md_yuno
+        )
         if result < 0:
             return [SendFrame(EV_IDENTITY_CARD_ACK, ack), IdentityRefused(result, comment, kw)]
         self.client = card_gate(kw)
         self.identity_card = kw
         self.state = ST_SESSION
-        return [SendFrame(EV_IDENTITY_CARD_ACK, ack),
-                IdentityAccepted(self.client or Gate(), kw)]
+        return [SendFrame(EV_IDENTITY_CARD_ACK, ack), IdentityAccepted(self.client or Gate(), kw)]
 
     def _command(self, frame: Frame) -> list[Any]:
         kw = frame.kw
@@ -711,6 +850,7 @@ class ServerSession:
 #   Client session
 # ---------------------------------------------------------------------------
 
+
 class ClientSession:
     """One connection seen from the client (C_IEVENT_CLI, as used by ycommand), socket-free.
 
@@ -720,11 +860,21 @@ class ClientSession:
     `EventReceived`/`ProtocolFault`; it never raises on peer input.
     """
 
-    def __init__(self, *, yuno_role: str = "ycommand", yuno_name: str = "",
-                 src_service: str = "ycommand", dst_role: str = "yuneta_agent",
-                 dst_yuno: str = "", dst_service: str = DEFAULT_SERVICE,
-                 user: str = "", host: str | None = None, pid: int = 0,
-                 jwt: str | None = None, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        yuno_role: str = "ycommand",
+        yuno_name: str = "",
+        src_service: str = "ycommand",
+        dst_role: str = "yuneta_agent",
+        dst_yuno: str = "",
+        dst_service: str = DEFAULT_SERVICE,
+        user: str = "",
+        host: str | None = None,
+        pid: int = 0,
+        jwt: str | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self.yuno_role = yuno_role
         self.yuno_name = yuno_name
         self.src_service = src_service
@@ -745,13 +895,23 @@ class ClientSession:
         if self.state != ST_DISCONNECTED:
             raise LocalProtocolError(f"connection_made() in {self.state}")
         self.state = ST_WAIT_IDENTITY_CARD_ACK
-        card = build_identity_card(self.yuno_name, self.yuno_role, self.src_service,
-                                   self.dst_yuno, self.dst_role, self.dst_service,
-                                   self.user, self.host, self.pid, self.jwt)
+        card = build_identity_card(
+            self.yuno_name,
+            self.yuno_role,
+            self.src_service,
+            self.dst_yuno,
+            self.dst_role,
+            self.dst_service,
+            self.user,
+            self.host,
+            self.pid,
+            self.jwt,
+        )
         return SendFrame(EV_IDENTITY_CARD, card)
 
-    def send_command(self, command_line: str, kw: Mapping[str, Any] | None = None,
-                     service: str = "") -> tuple[int, SendFrame]:
+    def send_command(
+        self, command_line: str, kw: Mapping[str, Any] | None = None, service: str = ""
+    ) -> tuple[int, SendFrame]:
         """A command frame and its msg_id; only in ST_SESSION.
 
         ``service`` overrides the session's dst_service for this command: it goes into the
@@ -761,15 +921,22 @@ class ClientSession:
             raise LocalProtocolError(f"cannot send a command in {self.state}")
         msg_id = self._next_msg_id
         self._next_msg_id += 1
-        gate = Gate(src_yuno=self.yuno_name, src_role=self.yuno_role,
-                    src_service=self.src_service, dst_yuno=self.dst_yuno,
-                    dst_role=self.dst_role, dst_service=service or self.dst_service,
-                    user=self.user, host=self.host)
+        gate = Gate(
+            src_yuno=self.yuno_name,
+            src_role=self.yuno_role,
+            src_service=self.src_service,
+            dst_yuno=self.dst_yuno,
+            dst_role=self.dst_role,
+            dst_service=service or self.dst_service,
+            user=self.user,
+            host=self.host,
+        )
         params = dict(kw or {})
         if service:
             params["service"] = service
-        return msg_id, SendFrame(EV_MT_COMMAND, build_command(command_line, params, gate,
-                                                              msg_id=msg_id))
+        return msg_id, SendFrame(
+            EV_MT_COMMAND, build_command(command_line, params, gate, msg_id=msg_id)
+        )
 
     def connection_lost(self) -> None:
         """The transport closed."""
@@ -817,6 +984,14 @@ class ClientSession:
             comment = kw.get("comment")
             md = kw.get("__md_iev__")
             msg_id = md.get(MSG_ID_KEY) if isinstance(md, Mapping) else None
-            return [CommandAnswer(result, comment if isinstance(comment, str) else "",
-                                  kw.get("schema"), kw.get("data"), msg_id, kw)]
+            return [
+                CommandAnswer(
+                    result,
+                    comment if isinstance(comment, str) else "",
+                    kw.get("schema"),
+                    kw.get("data"),
+                    msg_id,
+                    kw,
+                )
+            ]
         return [EventReceived(frame.event, kw)]

@@ -44,7 +44,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         t = record.created
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+            + f".{int(t % 1 * 1e6):06d}Z",
             "level": record.levelname.lower(),
             "gobj": getattr(record, "gobj", "") or "",
             "msg": _redact(record.getMessage()),
@@ -90,7 +91,9 @@ def log(level: str, gobj: str, msg: str, /, **fields: Any) -> None:
     if not _logger.isEnabledFor(lvl):
         return
     exc_info = bool(fields.pop("exc_info", False))
-    extra = {k if k not in _RESERVED and k not in _OWN_KEYS else f"{k}_": v for k, v in fields.items()}
+    extra = {
+        k if k not in _RESERVED and k not in _OWN_KEYS else f"{k}_": v for k, v in fields.items()
+    }
     extra["gobj"] = gobj
     _logger.log(lvl, msg, extra=extra, exc_info=exc_info)
 

@@ -499,8 +499,7 @@ class Connection:
 
     def _fatal(self, exc: BaseException) -> None:
         self._server._loop.call_exception_handler(  # type: ignore[union-attr]
-            {"message": "netio: connection callback failed", "exception": exc,
-             "connection": self}
+            {"message": "netio: connection callback failed", "exception": exc, "connection": self}
         )
         if self._state == _OPEN:
             self._state = _CLOSING
@@ -838,7 +837,9 @@ class TcpServer:
                 sock.close()
             raise
         for sock in socks:
-            self._poller.register(sock.fileno(), _READ, functools.partial(self._on_accept, sock, int(sock.family)))
+            self._poller.register(
+                sock.fileno(), _READ, functools.partial(self._on_accept, sock, int(sock.family))
+            )
         self._socks = socks
         self.port = socks[0].getsockname()[1]
         self.ioloop._servers.add(self)
@@ -909,7 +910,9 @@ class TcpServer:
     def _resume_accept(self, lsock: socket.socket) -> None:
         if lsock.fileno() in self._accept_paused:
             self._accept_paused.discard(lsock.fileno())
-            self._poller.register(lsock.fileno(), _READ, functools.partial(self._on_accept, lsock, int(lsock.family)))
+            self._poller.register(
+                lsock.fileno(), _READ, functools.partial(self._on_accept, lsock, int(lsock.family))
+            )
 
     def _schedule_sweep(self) -> None:
         interval = min(1.0, max(0.05, self.handshake_timeout / 4))

@@ -143,9 +143,13 @@ class YunoRuntime:
             try:
                 data = read_json(self.persist_file, {})
             except (ValueError, OSError) as exc:
-                raise ConfigError(str(self.persist_file), "", f"persistent attributes unreadable: {exc}") from None
+                raise ConfigError(
+                    str(self.persist_file), "", f"persistent attributes unreadable: {exc}"
+                ) from None
             if not isinstance(data, dict):
-                raise ConfigError(str(self.persist_file), "", "persistent attributes must be an object")
+                raise ConfigError(
+                    str(self.persist_file), "", "persistent attributes must be an object"
+                )
             self._persist_cache = data
         return self._persist_cache
 
@@ -162,7 +166,13 @@ class YunoRuntime:
             try:
                 out[name] = coerce(attr.type, value, strict=True)
             except ValueError as exc:
-                log("warning", gobj.full_name, "persisted attribute bad, ignored", attr=name, error=str(exc))
+                log(
+                    "warning",
+                    gobj.full_name,
+                    "persisted attribute bad, ignored",
+                    attr=name,
+                    error=str(exc),
+                )
         return out
 
     def save_persistent(self, gobj: GObj) -> None:

@@ -64,7 +64,13 @@ class Scheduler:
             try:
                 handle.fn()
             except Exception as exc:  # a bad callback must not stop every other timer
-                log("error", "yuneta-scheduler", "timer callback failed", error=repr(exc), exc_info=True)
+                log(
+                    "error",
+                    "yuneta-scheduler",
+                    "timer callback failed",
+                    error=repr(exc),
+                    exc_info=True,
+                )
 
 
 _scheduler: Scheduler | None = None

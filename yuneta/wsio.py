@@ -65,7 +65,9 @@ class Channel:
         future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
         try:
-            await self.send(ievent.EV_MT_COMMAND, ievent.build_command(command_line, kw, gate, msg_id=msg_id))
+            await self.send(
+                ievent.EV_MT_COMMAND, ievent.build_command(command_line, kw, gate, msg_id=msg_id)
+            )
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return ievent.build_response_envelope(-1, f"No answer within {timeout:g} s")
@@ -105,8 +107,11 @@ def _peer(ws: Any) -> str:
 
 
 def request_all(
-    ioloop: IOLoop, calls: list[tuple[Channel | None, ievent.Gate]], command: str,
-    params: Mapping[str, Any], timeout: float,
+    ioloop: IOLoop,
+    calls: list[tuple[Channel | None, ievent.Gate]],
+    command: str,
+    params: Mapping[str, Any],
+    timeout: float,
 ) -> concurrent.futures.Future[list[dict]]:
     """Send `command` to every channel at once (from any thread but the loop's); a Future of
     their envelopes, in order. A missing channel answers -1 "Not connected"."""
@@ -153,7 +158,9 @@ class WsServer:
         self._server: Server | None = None
         # Commands may wait on actors that wait on other yunos: give them their own
         # threads, so a few slow ones cannot starve the loop's default executor.
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ievent-cmd")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="ievent-cmd"
+        )
 
     def start(self, timeout: float = 10.0) -> int:
         """Bind and listen (call from outside the loop thread); returns the real port."""
@@ -222,7 +229,12 @@ class WsServer:
                 try:
                     message = await asyncio.wait_for(ws.recv(), timeout)
                 except TimeoutError:
-                    log("warning", self.owner, "no identity card in time, closing", peer=channel.peer)
+                    log(
+                        "warning",
+                        self.owner,
+                        "no identity card in time, closing",
+                        peer=channel.peer,
+                    )
                     return
                 for item in session.receive_data(message):
                     if isinstance(item, ievent.SendFrame):
@@ -235,30 +247,66 @@ class WsServer:
                     elif isinstance(item, ievent.IdentityAccepted):
                         opened = True
                         channel.card = item.card
-                        log("info", self.owner, "identity card accepted", peer=channel.peer,
-                            src_role=item.client.src_role, src_yuno=item.client.src_yuno,
-                            user=item.client.user)
+                        log(
+                            "info",
+                            self.owner,
+                            "identity card accepted",
+                            peer=channel.peer,
+                            src_role=item.client.src_role,
+                            src_yuno=item.client.src_yuno,
+                            user=item.client.user,
+                        )
                         if self.on_open is not None:
                             self.on_open(channel)
                     elif isinstance(item, ievent.IdentityRefused):
-                        log("warning", self.owner, "identity card refused", peer=channel.peer,
-                            result=item.result, comment=item.comment)
+                        log(
+                            "warning",
+                            self.owner,
+                            "identity card refused",
+                            peer=channel.peer,
+                            result=item.result,
+                            comment=item.comment,
+                        )
                     elif isinstance(item, ievent.CommandRequest):
                         last = in_order(self._run_command(session, channel, item, last))
                     elif isinstance(item, ievent.EventReceived):
                         if item.event in (ievent.EV_MT_COMMAND_ANSWER, ievent.EV_MT_STATS_ANSWER):
                             channel.answer_received(item.kw)
                         else:
-                            log("debug", self.owner, "inter-event ignored", event=item.event, peer=channel.peer)
+                            log(
+                                "debug",
+                                self.owner,
+                                "inter-event ignored",
+                                event=item.event,
+                                peer=channel.peer,
+                            )
                     elif isinstance(item, ievent.ProtocolFault):
-                        log("warning", self.owner, "bad inter-event", reason=item.reason, peer=channel.peer)
+                        log(
+                            "warning",
+                            self.owner,
+                            "bad inter-event",
+                            reason=item.reason,
+                            peer=channel.peer,
+                        )
         except websockets.ConnectionClosed as exc:
             # The server itself fails an oversize frame with 1009: that is the close it sent
             # (exc.sent); exc.rcvd is usually None because the peer's echo is not awaited.
             if any(frame is not None and frame.code == 1009 for frame in (exc.sent, exc.rcvd)):
-                log("warning", self.owner, "frame over the size limit, connection closed", peer=channel.peer)
+                log(
+                    "warning",
+                    self.owner,
+                    "frame over the size limit, connection closed",
+                    peer=channel.peer,
+                )
         except Exception as exc:  # a broken peer never stops the server
-            log("error", self.owner, "connection handler failed", peer=channel.peer, error=repr(exc), exc_info=True)
+            log(
+                "error",
+                self.owner,
+                "connection handler failed",
+                peer=channel.peer,
+                error=repr(exc),
+                exc_info=True,
+            )
         finally:
             session.connection_lost()
             channel.connection_lost()
@@ -274,23 +322,45 @@ class WsServer:
             pass
 
     async def _run_command(
-        self, session: ievent.ServerSession, channel: Channel, request: ievent.CommandRequest,
+        self,
+        session: ievent.ServerSession,
+        channel: Channel,
+        request: ievent.CommandRequest,
         previous: asyncio.Task | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
             envelope = await loop.run_in_executor(
-                self._executor, self.on_command, channel, request.command, dict(request.kw), request.service, {}
+                self._executor,
+                self.on_command,
+                channel,
+                request.command,
+                dict(request.kw),
+                request.service,
+                {},
             )
         except Exception as exc:
-            log("error", self.owner, "command handler failed", command=_verb(request.command), error=repr(exc), exc_info=True)
+            log(
+                "error",
+                self.owner,
+                "command handler failed",
+                command=_verb(request.command),
+                error=repr(exc),
+                exc_info=True,
+            )
             envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
         if previous is not None:
             await asyncio.wait([previous])
         try:
             await channel.ws.send(session.answer(request, envelope).text)
         except websockets.ConnectionClosed:
-            log("info", self.owner, "client left before its answer", command=_verb(request.command), peer=channel.peer)
+            log(
+                "info",
+                self.owner,
+                "client left before its answer",
+                command=_verb(request.command),
+                peer=channel.peer,
+            )
 
 
 class WsClient:
@@ -354,8 +424,13 @@ class WsClient:
         while True:
             try:
                 async with connect(
-                    self.url, open_timeout=5, ssl=self.ssl_context, compression=None,
-                    ping_interval=None, max_size=ievent.DEFAULT_MAX_FRAME_SIZE, proxy=None,
+                    self.url,
+                    open_timeout=5,
+                    ssl=self.ssl_context,
+                    compression=None,
+                    ping_interval=None,
+                    max_size=ievent.DEFAULT_MAX_FRAME_SIZE,
+                    proxy=None,
                 ) as ws:
                     if await self._session(ws):
                         delay, failures = 0.2, 0
@@ -365,8 +440,14 @@ class WsClient:
             except Exception as exc:  # refused, reset, bad TLS: retry, and say so now and then
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
-                    log("warning", self.owner, "cannot reach the agent, retrying", url=self.url,
-                        attempts=failures, error=repr(exc))
+                    log(
+                        "warning",
+                        self.owner,
+                        "cannot reach the agent, retrying",
+                        url=self.url,
+                        attempts=failures,
+                        error=repr(exc),
+                    )
             self._set_connected(False)
             await asyncio.sleep(delay)
             delay = min(self.max_backoff, delay * 2)
@@ -389,9 +470,17 @@ class WsClient:
                         self._set_connected(True)
                         log("info", self.owner, "connected to agent", url=self.url)
                     elif isinstance(item, ievent.IdentityRefused):
-                        log("error", self.owner, "agent refused our identity card", comment=item.comment)
+                        log(
+                            "error",
+                            self.owner,
+                            "agent refused our identity card",
+                            comment=item.comment,
+                        )
                         return False
-                    elif isinstance(item, ievent.EventReceived) and item.event == ievent.EV_MT_COMMAND:
+                    elif (
+                        isinstance(item, ievent.EventReceived)
+                        and item.event == ievent.EV_MT_COMMAND
+                    ):
                         task = asyncio.ensure_future(self._answer(channel, item.kw))
                         tasks.add(task)
                         task.add_done_callback(tasks.discard)
@@ -406,20 +495,23 @@ class WsClient:
     async def _answer(self, channel: Channel, request_kw: dict[str, Any]) -> None:
         command = request_kw.get("__command__")
         service = request_kw.get("service") if isinstance(request_kw.get("service"), str) else ""
-        extra = {"gobj": request_kw["__gobj__"]} if isinstance(request_kw.get("__gobj__"), str) else {}
-        params = {
-            k: v for k, v in request_kw.items()
-            if not k.startswith("__") and k != "service"
-        }
+        extra = (
+            {"gobj": request_kw["__gobj__"]} if isinstance(request_kw.get("__gobj__"), str) else {}
+        )
+        params = {k: v for k, v in request_kw.items() if not k.startswith("__") and k != "service"}
         if not isinstance(command, str) or not command.strip():
             envelope = ievent.build_response_envelope(-1, "What command?")
         else:
             loop = asyncio.get_running_loop()
             try:
-                envelope = await loop.run_in_executor(None, self.on_command, channel, command, params, service, extra)
+                envelope = await loop.run_in_executor(
+                    None, self.on_command, channel, command, params, service, extra
+                )
             except Exception as exc:
                 envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
-        answer = ievent.build_command_answer(envelope, request_kw, self.md_yuno, my_service=service or "__yuno__")
+        answer = ievent.build_command_answer(
+            envelope, request_kw, self.md_yuno, my_service=service or "__yuno__"
+        )
         try:
             await channel.send(ievent.EV_MT_COMMAND_ANSWER, answer)
         except websockets.ConnectionClosed:

@@ -56,6 +56,7 @@ _OFF = "\033[0m"
 #   Command lines
 # ---------------------------------------------------------------------------
 
+
 def split_commands(text: str) -> list[str]:
     """Split a line into commands on top-level ``;``, as the C split_commands_into_array.
 
@@ -104,6 +105,7 @@ def strip_ignore_prefix(command: str) -> tuple[bool, str]:
 #   Rendering
 # ---------------------------------------------------------------------------
 
+
 def _paint(text: str, color: str, enabled: bool) -> str:
     return f"{color}{text}{_OFF}" if enabled else text
 
@@ -117,8 +119,11 @@ def _cell_text(value: Any) -> str:
 
 
 def _is_table_schema(schema: Any) -> bool:
-    return (isinstance(schema, list) and len(schema) > 0
-            and all(isinstance(col, dict) for col in schema))
+    return (
+        isinstance(schema, list)
+        and len(schema) > 0
+        and all(isinstance(col, dict) for col in schema)
+    )
 
 
 def _fillspace(col: dict[str, Any]) -> int:
@@ -144,8 +149,9 @@ def render_table(schema: list[dict[str, Any]], rows: list[Any], color: bool = Fa
     def line(cells: Iterable[str]) -> str:
         return " ".join(cells).rstrip()
 
-    header = line(_paint(str(col.get("header") or "").ljust(fill)[:fill], _CYAN, color)
-                  for col, fill in cols)
+    header = line(
+        _paint(str(col.get("header") or "").ljust(fill)[:fill], _CYAN, color) for col, fill in cols
+    )
     ruler = line(_paint("=" * fill, _GRAY, color) for _, fill in cols)
     out = [header, ruler]
     for row in rows:
@@ -188,9 +194,11 @@ def _render_data(schema: Any, data: Any, color: bool) -> str | None:
 
 def _is_per_yuno_answers(data: Any) -> bool:
     """True for the agent's ``command-yuno`` data: one entry per yuno that answered."""
-    return (isinstance(data, list) and len(data) > 0
-            and all(isinstance(item, dict) and all(k in item for k in _PER_YUNO_KEYS)
-                    for item in data))
+    return (
+        isinstance(data, list)
+        and len(data) > 0
+        and all(isinstance(item, dict) and all(k in item for k in _PER_YUNO_KEYS) for item in data)
+    )
 
 
 def _render_yuno_entry(entry: dict[str, Any], color: bool) -> list[str]:
@@ -199,8 +207,11 @@ def _render_yuno_entry(entry: dict[str, Any], color: bool) -> list[str]:
     # C_YUNO's own comments often start with "role^name:" already: do not say it twice.
     said = comment if comment.startswith(label) else f"{label}: {comment}".rstrip()
     result = _result_of(entry)
-    header = (_paint(f"ERROR {result}: {said}", _RED, color) if result < 0
-              else _paint(said, _YELLOW, color))
+    header = (
+        _paint(f"ERROR {result}: {said}", _RED, color)
+        if result < 0
+        else _paint(said, _YELLOW, color)
+    )
     body = _render_data(entry.get("schema"), entry.get("data"), color)
     return [header] if body is None else [header, body]
 
@@ -269,6 +280,7 @@ def extract_command_names(kw: dict[str, Any]) -> list[str]:
 #   The link to the remote yuno
 # ---------------------------------------------------------------------------
 
+
 class YcommandError(Exception):
     """A failure that ends ycommand with a message on stderr and ``exit_code``."""
 
@@ -317,8 +329,13 @@ class AgentLink:
     per-yuno answers of ``command-yuno``) goes to ``on_extra_answer`` as it arrives.
     """
 
-    def __init__(self, ws: ClientConnection, session: ievent.ClientSession, wait: float,
-                 on_extra_answer: Callable[[ievent.CommandAnswer], None]) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        session: ievent.ClientSession,
+        wait: float,
+        on_extra_answer: Callable[[ievent.CommandAnswer], None],
+    ) -> None:
         self.ws = ws
         self.session = session
         self.wait = wait
@@ -345,8 +362,9 @@ class AgentLink:
                             reason = f"{REFUSED}: {reason}"
                         raise YcommandError(f"ERROR {event.result}: {reason}", code)
                     if isinstance(event, ConnectionClosed):
-                        raise YcommandError(f"connection closed before the identity card ACK "
-                                            f"({self.closed_reason})")
+                        raise YcommandError(
+                            f"connection closed before the identity card ACK ({self.closed_reason})"
+                        )
         except TimeoutError:
             raise YcommandError(f"no identity card ACK within {self.wait:g} s") from None
 
@@ -385,8 +403,7 @@ class AgentLink:
             pass
         self.session.connection_lost()
         rcvd = self.ws.close_rcvd
-        self.closed_reason = (f"code {rcvd.code} {rcvd.reason}".strip() if rcvd
-                              else "closed by peer")
+        self.closed_reason = f"code {rcvd.code} {rcvd.reason}".strip() if rcvd else "closed by peer"
         closed = ConnectionClosed(rcvd, self.ws.close_sent)
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(closed)
@@ -395,8 +412,7 @@ class AgentLink:
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, ievent.CommandAnswer):
             pending = self._pending
-            if pending is not None and not pending[1].done() and event.msg_id in (pending[0],
-                                                                                   None):
+            if pending is not None and not pending[1].done() and event.msg_id in (pending[0], None):
                 pending[1].set_result(event)
             else:
                 self.on_extra_answer(event)
@@ -442,8 +458,7 @@ class Shell:
     def show(self, answer: ievent.CommandAnswer) -> None:
         """Print one answer; remember its result for the exit code."""
         self.last_result = answer.result
-        text = render_json(answer.kw) if self.opts.as_json else render_answer(answer.kw,
-                                                                               self.color)
+        text = render_json(answer.kw) if self.opts.as_json else render_answer(answer.kw, self.color)
         if text:
             self.emit(text)
 
@@ -456,13 +471,26 @@ class Shell:
         """Open the WebSocket and identify; errors become `YcommandError`."""
         opts = self.opts
         session = ievent.ClientSession(
-            yuno_role="ycommand", src_service="ycommand", dst_role=opts.yuno_role,
-            dst_yuno=opts.yuno_name, dst_service=opts.service, user=ievent.local_user(),
-            pid=os.getpid(), jwt=opts.token or None)
+            yuno_role="ycommand",
+            src_service="ycommand",
+            dst_role=opts.yuno_role,
+            dst_yuno=opts.yuno_name,
+            dst_service=opts.service,
+            user=ievent.local_user(),
+            pid=os.getpid(),
+            jwt=opts.token or None,
+        )
         try:
-            ws = await connect(opts.url, ssl=make_ssl_context(opts), open_timeout=opts.wait,
-                               close_timeout=min(opts.wait, 2.0), compression=None, proxy=None,
-                               max_size=ievent.DEFAULT_MAX_FRAME_SIZE, ping_interval=None)
+            ws = await connect(
+                opts.url,
+                ssl=make_ssl_context(opts),
+                open_timeout=opts.wait,
+                close_timeout=min(opts.wait, 2.0),
+                compression=None,
+                proxy=None,
+                max_size=ievent.DEFAULT_MAX_FRAME_SIZE,
+                ping_interval=None,
+            )
         except (OSError, TimeoutError) as exc:
             raise YcommandError(f"cannot connect to {opts.url}: {exc or 'timeout'}") from None
         except Exception as exc:  # invalid URI, refused handshake...
@@ -513,13 +541,16 @@ class Shell:
 #   Interactive mode
 # ---------------------------------------------------------------------------
 
+
 def _history_lines() -> list[str]:
     try:
         import readline
     except ImportError:
         return []
-    return [f"{i:4d}  {readline.get_history_item(i)}"
-            for i in range(1, readline.get_current_history_length() + 1)]
+    return [
+        f"{i:4d}  {readline.get_history_item(i)}"
+        for i in range(1, readline.get_current_history_length() + 1)
+    ]
 
 
 def _setup_readline(names: list[str]) -> Callable[[], None]:
@@ -550,6 +581,7 @@ def _setup_readline(names: list[str]) -> Callable[[], None]:
     def save() -> None:
         with contextlib.suppress(OSError):
             readline.write_history_file(path)
+
     return save
 
 
@@ -561,8 +593,9 @@ async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
     except YcommandError:
         pass
     save_history = _setup_readline(names)
-    remote = opened.remote_yuno_role + (f"^{opened.remote_yuno_name}"
-                                        if opened.remote_yuno_name else "")
+    remote = opened.remote_yuno_role + (
+        f"^{opened.remote_yuno_name}" if opened.remote_yuno_name else ""
+    )
     shell.emit(f"Connected to '{remote}', url:'{shell.opts.url}'.")
     prompt = f"{remote}> "
     loop = asyncio.get_running_loop()
@@ -595,37 +628,87 @@ async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
 #   Entry point
 # ---------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (option letters as the C ycommand)."""
     p = argparse.ArgumentParser(
-        prog="ycommand", description="Yuneta Command: send commands to a yuno (the agent).",
+        prog="ycommand",
+        description="Yuneta Command: send commands to a yuno (the agent).",
         epilog="Inside a line ';' chains commands; a leading '-' goes on after an error. "
-               "Exit code: the last answer's result & 0xFF.")
+        "Exit code: the last answer's result & 0xFF.",
+    )
     p.add_argument("-c", "--command", default="", help="command line to run")
     p.add_argument("-u", "--url", default=DEFAULT_URL, help=f"URL (default {DEFAULT_URL})")
-    p.add_argument("-O", "--yuno_role", "--yuno-role", dest="yuno_role", default=DEFAULT_ROLE,
-                   help=f"remote yuno role (default {DEFAULT_ROLE})")
-    p.add_argument("-o", "--yuno_name", "--yuno-name", dest="yuno_name", default="",
-                   help="remote yuno name (default any)")
-    p.add_argument("-S", "--yuno_service", "--service", dest="service", default=DEFAULT_SERVICE,
-                   help=f"remote service (default {DEFAULT_SERVICE})")
-    p.add_argument("-w", "--wait", type=float, default=DEFAULT_WAIT,
-                   help=f"seconds to wait for the connection, the ACK and each answer "
-                        f"(default {DEFAULT_WAIT:g})")
-    p.add_argument("--linger", type=float, default=DEFAULT_LINGER,
-                   help="seconds to keep printing late answers after the last one "
-                        f"(default {DEFAULT_LINGER:g})")
+    p.add_argument(
+        "-O",
+        "--yuno_role",
+        "--yuno-role",
+        dest="yuno_role",
+        default=DEFAULT_ROLE,
+        help=f"remote yuno role (default {DEFAULT_ROLE})",
+    )
+    p.add_argument(
+        "-o",
+        "--yuno_name",
+        "--yuno-name",
+        dest="yuno_name",
+        default="",
+        help="remote yuno name (default any)",
+    )
+    p.add_argument(
+        "-S",
+        "--yuno_service",
+        "--service",
+        dest="service",
+        default=DEFAULT_SERVICE,
+        help=f"remote service (default {DEFAULT_SERVICE})",
+    )
+    p.add_argument(
+        "-w",
+        "--wait",
+        type=float,
+        default=DEFAULT_WAIT,
+        help=f"seconds to wait for the connection, the ACK and each answer "
+        f"(default {DEFAULT_WAIT:g})",
+    )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=DEFAULT_LINGER,
+        help="seconds to keep printing late answers after the last one "
+        f"(default {DEFAULT_LINGER:g})",
+    )
     p.add_argument("-i", "--interactive", action="store_true", help="interactive shell")
-    p.add_argument("--json", dest="as_json", action="store_true",
-                   help="print each answer as its raw JSON envelope, one per line")
-    p.add_argument("-t", "--token", "-j", "--jwt", dest="token", default="",
-                   help="credential (JWT) put in the identity card")
-    p.add_argument("--cafile", "--ssl-trusted-certificate", dest="cafile", default="",
-                   help="PEM CA file to verify a wss:// server")
-    p.add_argument("--insecure", "--ssl-allow-insecure-client", dest="insecure",
-                   action="store_true", help="do not verify a wss:// server's certificate")
-    p.add_argument("words", nargs=argparse.REMAINDER,
-                   help="the command, when -c is not given")
+    p.add_argument(
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="print each answer as its raw JSON envelope, one per line",
+    )
+    p.add_argument(
+        "-t",
+        "--token",
+        "-j",
+        "--jwt",
+        dest="token",
+        default="",
+        help="credential (JWT) put in the identity card",
+    )
+    p.add_argument(
+        "--cafile",
+        "--ssl-trusted-certificate",
+        dest="cafile",
+        default="",
+        help="PEM CA file to verify a wss:// server",
+    )
+    p.add_argument(
+        "--insecure",
+        "--ssl-allow-insecure-client",
+        dest="insecure",
+        action="store_true",
+        help="do not verify a wss:// server's certificate",
+    )
+    p.add_argument("words", nargs=argparse.REMAINDER, help="the command, when -c is not given")
     return p
 
 
@@ -635,18 +718,27 @@ def parse_options(argv: list[str] | None = None) -> Options:
     command = ns.command or " ".join(ns.words).strip()
     if ns.wait <= 0:
         raise YcommandError("-w must be a positive number of seconds", EXIT_USAGE)
-    return Options(url=ns.url, command=command, yuno_role=ns.yuno_role, yuno_name=ns.yuno_name,
-                   service=ns.service, wait=ns.wait, linger=max(ns.linger, 0.0),
-                   interactive=ns.interactive, as_json=ns.as_json, token=ns.token,
-                   cafile=ns.cafile, insecure=ns.insecure)
+    return Options(
+        url=ns.url,
+        command=command,
+        yuno_role=ns.yuno_role,
+        yuno_name=ns.yuno_name,
+        service=ns.service,
+        wait=ns.wait,
+        linger=max(ns.linger, 0.0),
+        interactive=ns.interactive,
+        as_json=ns.as_json,
+        token=ns.token,
+        cafile=ns.cafile,
+        insecure=ns.insecure,
+    )
 
 
 async def run(opts: Options) -> int:
     """Run ycommand with ``opts``; return the process exit code."""
     shell = Shell(opts)
     if not opts.interactive and not opts.command and sys.stdin.isatty():
-        raise YcommandError("What command? (give -c CMD, words, -i, or lines on stdin)",
-                            EXIT_USAGE)
+        raise YcommandError("What command? (give -c CMD, words, -i, or lines on stdin)", EXIT_USAGE)
     opened = await shell.connect()
     try:
         if opts.interactive:

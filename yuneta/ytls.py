@@ -263,7 +263,7 @@ def _load_cert_chain_from_memory(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: 
             fds.append(fd)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
         ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
     finally:
         for fd in fds:
@@ -283,25 +283,32 @@ _DEFAULT_VERIFY_DEPTHS = (-1, 100)
 
 def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
     if sys.implementation.name != "cpython" or type(ctx) is not ssl.SSLContext:
-        raise TlsSettingError("ssl_verify_depth", None,
-                              "not supported on this Python (no verify-depth API)")
+        raise TlsSettingError(
+            "ssl_verify_depth", None, "not supported on this Python (no verify-depth API)"
+        )
     libssl = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
     try:
         get_options = libssl.SSL_CTX_get_options
         get_depth = libssl.SSL_CTX_get_verify_depth
         set_depth = libssl.SSL_CTX_set_verify_depth
     except AttributeError:
-        raise TlsSettingError("ssl_verify_depth", None,
-                              "not supported by this OpenSSL build (no verify-depth API)") from None
+        raise TlsSettingError(
+            "ssl_verify_depth", None, "not supported by this OpenSSL build (no verify-depth API)"
+        ) from None
     get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
     get_depth.argtypes, get_depth.restype = [ctypes.c_void_p], ctypes.c_int
     set_depth.argtypes, set_depth.restype = [ctypes.c_void_p, ctypes.c_int], None
     ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if (not ssl_ctx or get_options(ssl_ctx) != int(ctx.options)
-            or get_depth(ssl_ctx) not in _DEFAULT_VERIFY_DEPTHS):
-        raise TlsSettingError("ssl_verify_depth", None,
-                              "cannot be applied safely on this Python build "
-                              "(unexpected SSLContext layout)")
+    if (
+        not ssl_ctx
+        or get_options(ssl_ctx) != int(ctx.options)
+        or get_depth(ssl_ctx) not in _DEFAULT_VERIFY_DEPTHS
+    ):
+        raise TlsSettingError(
+            "ssl_verify_depth",
+            None,
+            "cannot be applied safely on this Python build (unexpected SSLContext layout)",
+        )
     set_depth(ssl_ctx, depth)
     if get_depth(ssl_ctx) != depth:
         raise TlsSettingError("ssl_verify_depth", None, "could not be applied")
@@ -365,7 +372,9 @@ def build_server_context_with_info(crypto: Mapping[str, Any]) -> tuple[ssl.SSLCo
         _load_cert_chain_from_memory(ctx, cert_pem, key_pem)
     except (ssl.SSLError, OSError) as exc:
         raise CertificateFileError(
-            "ssl_certificate", os.fspath(cert_path), f"chain does not load ({exc.__class__.__name__})"
+            "ssl_certificate",
+            os.fspath(cert_path),
+            f"chain does not load ({exc.__class__.__name__})",
         ) from None
 
     trusted = crypto.get("ssl_trusted_certificate")
@@ -394,7 +403,9 @@ def build_server_context_with_info(crypto: Mapping[str, Any]) -> tuple[ssl.SSLCo
     depth = crypto.get("ssl_verify_depth")
     if depth is not None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-            raise TlsSettingError("ssl_verify_depth", None, f"not a non-negative integer: {depth!r}")
+            raise TlsSettingError(
+                "ssl_verify_depth", None, f"not a non-negative integer: {depth!r}"
+            )
         _set_verify_depth(ctx, depth)
 
     info = _cert_info(certs)
