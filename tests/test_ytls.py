@@ -19,7 +19,9 @@ from certs import TestCA, serial_of_peer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from yuneta.tls_material import TlsSettings, load_material
 from yuneta.ytls import (
+    CertificateFileError,
     KeyMismatchError,
     TlsError,
     TlsSettingError,
@@ -27,6 +29,7 @@ from yuneta.ytls import (
     _set_verify_depth,
     build_server_context,
     build_server_context_with_info,
+    check_crypto,
 )
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -484,3 +487,91 @@ def test_verify_depth_is_refused_when_the_context_does_not_look_fresh(
     ctx = build_server_context(ca.issue(tmp_path, "srv").crypto(ssl_verify_depth=3))
     with pytest.raises(TlsSettingError, match="ssl_verify_depth: cannot be applied safely"):
         _set_verify_depth(ctx, 5)
+
+
+# ---------------------------------------------------------------------------
+# Validation (engine-neutral material) and the handshake proof before a swap
+# ---------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path: Path, key: Any, name: str) -> dict[str, str]:
+    """A self-signed leaf for `key` written as <name>.crt/.key; returns its crypto dict."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return {"ssl_certificate": str(cert_path), "ssl_certificate_key": str(key_path)}
+
+
+def test_material_is_the_validated_bytes_and_facts_for_any_engine(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    issued = ca.issue(tmp_path, "web")
+    ca_file = ca.write_ca(tmp_path / "clients-ca.pem")
+    material = load_material(issued.crypto(ssl_trusted_certificate=str(ca_file)))
+
+    assert material.cert_chain_pem == issued.cert_path.read_bytes()
+    assert material.key_pem == issued.key_path.read_bytes()
+    assert material.leaf_der == issued.cert.public_bytes(serialization.Encoding.DER)
+    assert [x509.load_der_x509_certificate(d).subject for d in material.ca_der] == [
+        x509.load_pem_x509_certificate(ca_file.read_bytes()).subject
+    ]
+    assert material.info.serial == issued.serial
+    assert material.settings == TlsSettings(verify_mode="required")
+    assert "PRIVATE KEY" not in repr(material)
+
+
+def test_a_certificate_openssl_loads_but_cannot_serve_with_is_refused_and_old_kept(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    dsa_crypto = _self_signed(tmp_path, dsa.generate_private_key(key_size=2048), "dsa")
+    # OpenSSL accepts the pair: only a handshake shows that no TLS 1.3 peer can use it.
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+        dsa_crypto["ssl_certificate"], dsa_crypto["ssl_certificate_key"]
+    )
+    ytls = Ytls(ca.issue(tmp_path, "good").crypto())
+    before = ytls.context
+
+    with pytest.raises(CertificateFileError) as err:
+        ytls.reload(dsa_crypto)
+    assert str(err.value).startswith(f"ssl_certificate {dsa_crypto['ssl_certificate']}: ")
+    assert "cannot be used for a TLS handshake" in str(err.value)
+    assert ytls.context is before and ytls.cert_info()["subject"] == "CN=good"
+    with pytest.raises(CertificateFileError, match="cannot be used for a TLS handshake"):
+        check_crypto(dsa_crypto)
+
+
+def test_check_crypto_is_the_reload_check_without_keeping_anything(
+    ca: TestCA, tmp_path: Path
+) -> None:
+    good, other = ca.issue(tmp_path, "good"), ca.issue(tmp_path, "other")
+    assert check_crypto(good.crypto()).serial == good.serial
+    with pytest.raises(KeyMismatchError):
+        check_crypto({**good.crypto(), "ssl_certificate_key": str(other.key_path)})
+    # mTLS: the proof completes without a client certificate (the client finishes first).
+    ca_file = ca.write_ca(tmp_path / "clients-ca.pem")
+    assert check_crypto(good.crypto(ssl_trusted_certificate=str(ca_file))).serial == good.serial
