@@ -1,4 +1,4 @@
-"""Atomic JSON files: the yuno's store of persistent attributes.
+"""Atomic files: the yuno's store of persistent attributes (JSON), and installed files.
 
 A write goes to a temporary file in the same directory, is flushed and fsync'ed, then
 renamed over the old file, so a crash leaves either the old or the new content, never a
@@ -16,13 +16,18 @@ from typing import Any
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, mode: int = 0o600) -> None:
     """Write `data` as JSON to `path` atomically (temp file + fsync + rename)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"), mode)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` atomically (temp file + fsync + rename), with `mode`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
