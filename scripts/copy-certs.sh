@@ -1,0 +1,1 @@
+../yuneta/host/copy-certs.sh

@@ -1,0 +1,1 @@
+../yuneta/host/deploy-hook.sh
