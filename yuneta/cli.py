@@ -2,6 +2,7 @@
 
     yuneta run -f base.json [-f overrides.json ...]
     yuneta check -f base.json [-f ...]
+    yuneta install [--prefix DIR] [--dry-run] | yuneta uninstall [...]   (see yuneta/install.py)
 
 A config error prints one line naming the file, the JSON path and the problem, and
 exits 2 before anything starts.
@@ -29,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
             metavar="FILE",
             help="JSON config file; repeat to merge later files over earlier ones",
         )
+    from yuneta import install
+
+    for verb, text in (
+        ("install", "put the agent and the deploy hook on this host"),
+        ("uninstall", "remove them, keeping certificates and state"),
+    ):
+        install.add_arguments(sub.add_parser(verb, help=text))
     args = parser.parse_args(argv)
+    if args.verb in ("install", "uninstall"):
+        return install.main(args.verb, args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
