@@ -16,7 +16,7 @@ from yuneta.command import envelope
 from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj, create_gobj
 
-LISTENER_GCLASSES = ("C_TCP_S", "C_UDP_S", "C_IEVENT_SRV")
+LISTENER_GCLASSES = ("C_TCP_S", "C_UDP_S", "C_IEVENT_SRV", "C_METRICS")
 RW = Flag.RD | Flag.WR
 
 GCLASS = GClassDef(

@@ -59,7 +59,8 @@ class Agent:
         self.port = port or free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.log = workdir / "agent.log"
-        variables = {"agent_url": self.url, "work_dir": str(workdir / "agent")}
+        # metrics_port 0: never the fixed default port, suites run side by side.
+        variables = {"agent_url": self.url, "work_dir": str(workdir / "agent"), "metrics_port": 0}
         self.override = write_json(
             workdir / "agent-override.json",
             {"__json_config_variables__": variables, **(extra or {})},
