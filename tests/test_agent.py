@@ -219,7 +219,7 @@ def test_view_gobj_tree_of_the_agent(tmp_path, agent):
     root = tree["data"]
     assert root["gclass"] == "C_YUNO" and root["name"] == "agent"
     agent_node = next(c for c in root["children"] if c["gclass"] == "C_AGENT")
-    assert {c["gclass"] for c in agent_node["children"]} == {"C_TIMER", "C_IEVENT_SRV"}
+    assert {c["gclass"] for c in agent_node["children"]} == {"C_TIMER", "C_IEVENT_SRV", "C_METRICS"}
     assert all(c["running"] for c in agent_node["children"])
 
 
