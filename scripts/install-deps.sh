@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Install what Yuneta for Python needs on a fresh Debian machine: the tools the tests talk
-# to for real (openssl, certbot, pebble, nginx's stream module for the benchmark baseline)
-# when running as root, and the Python package with its test extras.
+# The Debian packages Yuneta for Python's tests talk to for real, installed when running as
+# root (as a user, says what is missing). `--bench` adds what the benchmark compares against.
+#   tests: openssl, certbot + pebble (ACME), promtool (alert rules), sudo, python3-venv
+#   bench: nginx with its stream module
+# The Python side lives in the project's virtual environment (scripts/venv.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    need=()
-    command -v openssl >/dev/null || need+=(openssl)
-    command -v certbot >/dev/null || need+=(certbot)
-    command -v pebble >/dev/null || [ -x /usr/bin/pebble ] || need+=(pebble)
-    command -v nginx >/dev/null || need+=(nginx-light libnginx-mod-stream)
-    if [ "${#need[@]}" -gt 0 ]; then
-        echo "installing Debian packages: ${need[*]}"
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
-    fi
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/bin/$1" ] || [ -x "/usr/sbin/$1" ]; }
+need=()
+has openssl || need+=(openssl)
+has certbot || need+=(certbot)
+has pebble || need+=(pebble)
+has promtool || need+=(prometheus)
+has sudo || need+=(sudo)
+# Debian's python3 cannot create a virtual environment without python3-venv (ensurepip).
+py="${PYTHON:-python3}"
+if command -v "$py" >/dev/null 2>&1 && ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+    need+=(python3-venv)
 fi
-
-python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+if [ "${1:-}" = "--bench" ]; then
+    has nginx || need+=(nginx-light libnginx-mod-stream)
+fi
+[ "${#need[@]}" -eq 0 ] && exit 0
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian packages: ${need[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+else
+    echo "note: not root, so not installing: ${need[*]} (tests that need them are skipped)" >&2
+fi
