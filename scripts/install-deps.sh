@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Debian packages Yuneta for Python's tests talk to for real, installed when running as
 # root (as a user, says what is missing). `--bench` adds what the benchmark compares against.
-#   tests: openssl, certbot + pebble (ACME), promtool (alert rules), sudo, python3-venv
+#   tests: openssl, certbot + pebble (ACME), promtool (alert rules), sudo + systemd-analyze
+#          (the install layer), python3-venv
 #   bench: nginx with its stream module
 # The Python side lives in the project's virtual environment (scripts/venv.sh).
 set -euo pipefail
@@ -13,6 +14,7 @@ has certbot || need+=(certbot)
 has pebble || need+=(pebble)
 has promtool || need+=(prometheus)
 has sudo || need+=(sudo)
+has systemd-analyze || need+=(systemd)
 # Debian's python3 cannot create a virtual environment without python3-venv (ensurepip).
 py="${PYTHON:-python3}"
 if command -v "$py" >/dev/null 2>&1 && ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
