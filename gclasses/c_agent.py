@@ -6,7 +6,9 @@ a `yuno_id` joins the registry. `run-yuno` starts `yuneta run -f ...` as a child
 (in its own session, so it outlives an agent restart) whose config is extended with the
 agent's URL; the child connects back. `command-yuno` sends a command to every matching
 running yuno at once and gathers one answer per yuno. A periodic check marks dead yunos
-not running and logs it.
+not running and logs it. Layer 2 of the certificate life cycle (the `cert_sync_*`
+attributes, `cert-sync-now`, `cert-sync-status`) lives in `gclasses/cert_sync.py`; the
+agent only declares it and delegates.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gclasses.cert_sync import CertSync, YunoTarget
+from gclasses.cert_sync import check_attrs as check_cert_sync_attrs
 from yuneta import ievent
 from yuneta.command import envelope, then
 from yuneta.errors import CommandError
@@ -31,6 +35,8 @@ from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, register_gclass
 from yuneta.gobj import GObj, create_gobj
 from yuneta.persist import write_json_atomic
 from yuneta.wsio import Channel, request_all
+
+RWP = Flag.RD | Flag.WR | Flag.PERSIST
 
 FILTERS = (
     Param("str", "id", "", "Yuno id"),
@@ -66,6 +72,55 @@ GCLASS = GClassDef(
         ),
         Attr("int", "yunos_running", Flag.RSTATS, 0, "Yunos running now"),
         Attr("int", "yunos_launched", Flag.RSTATS, 0, "Yunos launched by run-yuno"),
+        # Layer 2, certificate auto-sync (gclasses/cert_sync.py): SPEC 5 names and types.
+        Attr(
+            "bool",
+            "cert_sync_enabled",
+            RWP,
+            True,
+            "Keep every yuno's TLS listeners on the certificates of the store",
+        ),
+        Attr(
+            "int",
+            "cert_sync_interval_sec",
+            RWP,
+            900,
+            "Seconds between sync ticks, the safety net under the watch (at least 30)",
+        ),
+        Attr("str", "cert_sync_store_dir", RWP, "/yuneta/store/certs", "Certificate store"),
+        Attr(
+            "str",
+            "cert_sync_copy_cmd",
+            RWP,
+            "/usr/bin/sudo -n /yuneta/store/certs/copy-certs.sh",
+            "Command run by timed ticks, as an argument list (no shell); empty: none",
+        ),
+        Attr(
+            "int",
+            "cert_sync_copy_timeout_sec",
+            RWP,
+            60,
+            "Seconds the copy command may run; then its process group is killed",
+        ),
+        Attr("bool", "cert_sync_watch", RWP, True, "Watch the store (inotify): sync in seconds"),
+        Attr(
+            "real",
+            "cert_sync_debounce_sec",
+            Flag.RD | Flag.WR,
+            0.5,
+            "Quiet seconds after the store's last file event before a tick",
+        ),
+        Attr(
+            "str",
+            "cert_sync_stamp_file",
+            Flag.RD | Flag.WR,
+            "/var/lib/yuneta/last-deploy-hook-run",
+            "The deploy hook's stamp (deploy_hook_last_run of cert-sync-status)",
+        ),
+        Attr("int", "cert_sync_last_check", Flag.RSTATS, 0, "Unix time of the last sync tick"),
+        Attr("int", "cert_sync_last_action", Flag.RSTATS, 0, "Unix time of the last reload"),
+        Attr("str", "cert_sync_last_result", Flag.RSTATS, "", "Result of the last sync tick"),
+        Attr("int", "cert_sync_failures", Flag.RSTATS, 0, "Ticks whose copy failed, no change"),
     ),
     commands=(
         Command("list-yunos", "cmd_list_yunos", FILTERS, "List the yunos the agent knows", ("ly",)),
@@ -110,10 +165,32 @@ GCLASS = GClassDef(
             (Param("str", "attrs", "", "Comma-separated attributes to show"),),
             "View the agent's whole gobj tree",
         ),
+        Command(
+            "cert-sync-now",
+            "cmd_cert_sync_now",
+            (),
+            "Run one certificate sync tick now; answers when it is done",
+        ),
+        Command(
+            "cert-sync-status",
+            "cmd_cert_sync_status",
+            (),
+            "Certificate sync: settings, last tick, watch, lagging listeners, next check",
+        ),
     ),
-    input_events=("EV_TIMEOUT_PERIODIC",),
+    input_events=(
+        "EV_TIMEOUT_PERIODIC",
+        "EV_TIMEOUT",
+        "EV_CERT_STORE_CHANGED",
+        "EV_CERT_SYNC_DONE",
+    ),
     states={
-        "ST_IDLE": (("EV_TIMEOUT_PERIODIC", "ac_check_yunos", None),),
+        "ST_IDLE": (
+            ("EV_TIMEOUT_PERIODIC", "ac_check_yunos", None),
+            ("EV_TIMEOUT", "ac_cert_sync_timer", None),  # the cert-sync timer (one-shot)
+            ("EV_CERT_STORE_CHANGED", "ac_cert_store_changed", None),  # the store's watcher
+            ("EV_CERT_SYNC_DONE", "ac_cert_sync_done", None),  # a tick ended on the I/O loop
+        ),
     },
 )
 
@@ -175,6 +252,11 @@ class CAgent(GObj):
         self.lock = threading.Lock()
         self.yunos: dict[str, YunoEntry] = {}
         self.timer = create_gobj("__check_timer__", "C_TIMER", {}, self)
+        self.cert_sync = CertSync(self)
+
+    @classmethod
+    def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
+        check_cert_sync_attrs(GCLASS.name, attrs)
 
     def mt_start(self) -> None:
         server = self.server
@@ -183,13 +265,17 @@ class CAgent(GObj):
 
     def mt_play(self) -> None:
         self.timer.set_timeout_periodic(self.attrs["check_msec"])
+        self.cert_sync.play()
 
     def mt_pause(self) -> None:
         self.timer.clear_timeout()
+        self.cert_sync.pause()
 
     def mt_writing(self, name: str) -> None:
         if name in ("command_timeout", "kill_grace") and self.attrs[name] <= 0:
             raise CommandError(f"{name} must be more than 0 seconds")
+        if name.startswith("cert_sync_"):
+            self.cert_sync.writing(name)
 
     def mt_stats(self) -> None:
         with self.lock:
@@ -497,7 +583,42 @@ class CAgent(GObj):
         assert self.runtime is not None and self.runtime.root is not None
         return self.runtime.root.cmd_view_gobj_tree(cmd, kw, src)
 
+    # ----- certificate sync (gclasses/cert_sync.py) -----------------------------------
+
+    def ac_cert_sync_timer(self, event: str, kw: dict, src: Any) -> int:
+        return self.cert_sync.on_timer()
+
+    def ac_cert_store_changed(self, event: str, kw: dict, src: Any) -> int:
+        return self.cert_sync.on_store_changed(kw.get("paths") or [])
+
+    def ac_cert_sync_done(self, event: str, kw: dict, src: Any) -> int:
+        return self.cert_sync.on_done(kw)
+
+    def cmd_cert_sync_now(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
+        return self.cert_sync.cmd_now()
+
+    def cmd_cert_sync_status(self, cmd: str, kw: dict, src: Any) -> dict:
+        return self.cert_sync.status()
+
+    def cert_sync_targets(self) -> list[YunoTarget]:
+        """Every running, connected yuno, and the agent itself, as cert-sync can ask them."""
+        assert self.runtime is not None and self.runtime.root is not None
+        timeout = float(self.attrs["command_timeout"])
+        targets = [
+            YunoTarget(
+                e.id, e.yuno_role, e.yuno_name, _channel_asker(e, self._gate(e, ""), timeout)
+            )
+            for e in self.match({}, running_only=True)
+            if e.connected
+        ]
+        root = self.runtime.root.attrs
+        own = YunoTarget(
+            root["yuno_id"], root["yuno_role"], root["yuno_name"], _local_asker(self.runtime)
+        )
+        return [own, *targets]
+
     def mt_destroy(self) -> None:
+        self.cert_sync.destroy()
         # Yunos outlive the agent on purpose (they reconnect to the next one); only reap.
         with self.lock:
             for e in self.yunos.values():
@@ -543,6 +664,34 @@ async def _stop_all(
             e.running = False
 
     await asyncio.gather(*(stop(e) for e in targets))
+
+
+def _channel_asker(e: YunoEntry, gate: ievent.Gate, timeout: float) -> Any:
+    """cert-sync's way to command one yuno over its link (runs in the I/O loop)."""
+    channel = e.channel
+
+    async def ask(command: str, kw: dict) -> dict:
+        if channel is None:
+            return ievent.build_response_envelope(-1, "Not connected")
+        return await channel.request(command, kw, gate, timeout)
+
+    return ask
+
+
+def _local_asker(runtime: Any) -> Any:
+    """cert-sync's way to command the agent's own yuno (a worker thread asks the actor)."""
+
+    async def ask(command: str, kw: dict) -> dict:
+        def call() -> dict:
+            name = kw.get("__gobj__")
+            target = runtime.find_gobj(name) if name else runtime.root
+            if target is None:
+                return envelope(-1, f"gobj '{name}' not found in this yuno")
+            return target.command(command)
+
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    return ask
 
 
 def _tail(path: Path, lines: int = 3) -> str:

@@ -51,7 +51,13 @@ GCLASS = GClassDef(
         Attr("int", "clients", Flag.RSTATS, 0, "Connections open now"),
     ),
     commands=TLS_COMMANDS,
-    states={"ST_IDLE": ()},
+    input_events=("EV_CERT_FILES_CHANGED", "EV_CERT_RELOAD_RETRY"),
+    states={
+        "ST_IDLE": (
+            ("EV_CERT_FILES_CHANGED", "ac_cert_files_changed", None),  # cert_watch on wss://
+            ("EV_CERT_RELOAD_RETRY", "ac_cert_reload_retry", None),
+        ),
+    },
 )
 
 
@@ -155,8 +161,10 @@ class CIEventSrv(TlsListener, GObj):
             port=self.attrs["lPort"],
             **self.cert_fields(),
         )
+        self.start_cert_watch()
 
     def mt_stop(self) -> None:
+        self.stop_cert_watch()
         if self.server is not None:
             self.server.stop()
             self.server = None

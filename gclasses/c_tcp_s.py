@@ -52,10 +52,18 @@ GCLASS = GClassDef(
         Attr("int", "rejected", Flag.RSTATS, 0, "Connections refused by only_allowed_ips"),
     ),
     commands=TLS_COMMANDS,
-    input_events=("EV_HANDSHAKE_FAILED",),
+    input_events=("EV_HANDSHAKE_FAILED", "EV_CERT_FILES_CHANGED", "EV_CERT_RELOAD_RETRY"),
     states={
-        "ST_STOPPED": (("EV_HANDSHAKE_FAILED", None, None),),
-        "ST_LISTENING": (("EV_HANDSHAKE_FAILED", "ac_handshake_failed", None),),
+        "ST_STOPPED": (
+            ("EV_HANDSHAKE_FAILED", None, None),
+            ("EV_CERT_FILES_CHANGED", None, None),  # raced a stop: nothing to reload
+            ("EV_CERT_RELOAD_RETRY", None, None),
+        ),
+        "ST_LISTENING": (
+            ("EV_HANDSHAKE_FAILED", "ac_handshake_failed", None),
+            ("EV_CERT_FILES_CHANGED", "ac_cert_files_changed", None),  # cert_watch
+            ("EV_CERT_RELOAD_RETRY", "ac_cert_reload_retry", None),
+        ),
     },
 )
 
@@ -114,6 +122,7 @@ class CTcpS(TlsListener, GObj):
         )
         self.attrs["lPort"] = self.server.start_listening()
         self.change_state("ST_LISTENING")
+        self.start_cert_watch()
         self.log(
             "info",
             "listening",
@@ -123,6 +132,7 @@ class CTcpS(TlsListener, GObj):
         )
 
     def mt_stop(self) -> None:
+        self.stop_cert_watch()
         if self.server is not None:
             self.server.stop_listening(close_connections=True)
             self.mt_stats()
