@@ -11,8 +11,9 @@ broadcast once when a `*.crt` file's size or mtime moved, so a yuno that missed 
 behind; here a listener that is still behind after a tick (no answer, refused) makes the
 agent try again after a growing delay until it catches up.
 
-A tick starts from the inotify watch on the store (`yuneta.watch`, within a debounce of a
-change), from the timer (`cert_sync_interval_sec`, the safety net), or from `cert-sync-now`.
+A tick starts when the agent starts (the baseline), from the inotify watch on the store
+(`yuneta.watch`, within a debounce of a change), from the timer (`cert_sync_interval_sec`,
+the safety net), or from `cert-sync-now`.
 Watch-triggered ticks do not run the copy command: the change is already in the store, and a
 copy that rewrites files would otherwise trigger itself forever.
 
@@ -431,6 +432,9 @@ class CertSync:
             self.watcher.start()
         self.retry_delay = 0.0
         self._arm(self.attrs["cert_sync_interval_sec"] if on else 0)
+        if on and self.snapshot is None:
+            # The baseline later changes are measured from (and a first convergence).
+            self.request("start")
 
     def _stop_watch(self) -> None:
         if self.watcher is not None:
@@ -642,7 +646,7 @@ def read_stamp(path: str) -> int:
 
 def _stronger(a: str, b: str) -> str:
     """Of two pending triggers, the one that does more (runs the copy, retries)."""
-    order = ("", "retry", "watch", "timer", "now")
+    order = ("", "start", "retry", "watch", "timer", "now")
     return a if order.index(a) >= order.index(b) else b
 
 
