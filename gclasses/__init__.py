@@ -7,5 +7,6 @@ from gclasses import (  # noqa: F401  (registration on import)
     c_metrics,
     c_tcp_s,
     c_timer,
+    c_udp_s,
     c_yuno,
 )

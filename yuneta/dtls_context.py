@@ -1,0 +1,214 @@
+"""DTLS server contexts (pyOpenSSL) from validated TLS material, and their hot reload.
+
+The DTLS twin of `yuneta.ytls`: `yuneta.tls_material.load_material` checks a listener's
+`crypto` files exactly as for TCP (so a bad certificate is refused with the same words), and
+`server_context` builds a pyOpenSSL `DTLS_SERVER_METHOD` context from those very bytes, never
+reopening a path. Every new context is then proven by one DTLS handshake in memory through
+`yuneta.dtls` itself (cookie exchange included) before it may serve. `Ydtls` holds the
+current context of one listener with `Ytls`'s interface: `reload()` swaps one reference, so
+new sessions get the new certificate while live sessions keep the context they were born
+with; an old context is freed with its last session.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+
+from yuneta.dtls import DEFAULT_MTU, DtlsServer, DtlsSession, HandshakeDone, enable_cookies
+from yuneta.tls_material import (
+    DEFAULT_CIPHERS,
+    CertificateFileError,
+    CertInfo,
+    TlsMaterial,
+    TlsSettingError,
+    load_material,
+)
+
+__all__ = ["Ydtls", "server_context", "probe_handshake", "check_crypto"]
+
+#: DTLS 1.2's wire version (pyOpenSSL exports only the TLS ones); DTLS 1.0 stays refused.
+_DTLS1_2_VERSION = 0xFEFD
+
+_VERIFY_FLAGS = {
+    "none": SSL.VERIFY_NONE,
+    "optional": SSL.VERIFY_PEER,
+    "required": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+}
+
+
+def _accept_any(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    return bool(ok)  # OpenSSL's own chain verdict (against the client CA) decides
+
+
+def server_context(material: TlsMaterial) -> SSL.Context:
+    """A brand-new DTLS 1.2 server context from `material`, cookies on (not yet proven: see
+    `probe_handshake`). Raises `TlsError` when OpenSSL refuses a setting or the chain."""
+    settings = material.settings
+    if settings.min_version != "1.2":
+        raise TlsSettingError(
+            "ssl_min_version", None, f"DTLS listeners speak DTLS 1.2 (got {settings.min_version})"
+        )
+    ctx = SSL.Context(SSL.DTLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_DTLS1_2_VERSION)
+    ciphers = settings.ciphers or DEFAULT_CIPHERS
+    try:
+        ctx.set_cipher_list(ciphers.encode())
+    except SSL.Error:
+        raise TlsSettingError("ssl_ciphers", None, f"no cipher matches {ciphers!r}") from None
+    options = SSL.OP_NO_QUERY_MTU  # memory BIOs cannot answer; sessions set the MTU
+    if settings.disable_renegotiation:
+        options |= SSL.OP_NO_RENEGOTIATION
+    ctx.set_options(options)
+    try:
+        chain = x509.load_pem_x509_certificates(material.cert_chain_pem)
+        ctx.use_certificate(chain[0])
+        for cert in chain[1:]:
+            ctx.add_extra_chain_cert(cert)
+        ctx.use_privatekey(serialization.load_pem_private_key(material.key_pem, password=None))
+        ctx.check_privatekey()
+    except (SSL.Error, ValueError, TypeError) as exc:
+        raise CertificateFileError(
+            "ssl_certificate", material.cert_path, f"chain does not load ({exc.__class__.__name__})"
+        ) from None
+    if material.ca_der:
+        store = ctx.get_cert_store()
+        assert store is not None
+        try:
+            for der in material.ca_der:
+                ca = crypto.X509.from_cryptography(x509.load_der_x509_certificate(der))
+                store.add_cert(ca)
+                ctx.add_client_ca(ca)
+        except (SSL.Error, crypto.Error, ValueError) as exc:
+            raise CertificateFileError(
+                "ssl_trusted_certificate",
+                str(material.crypto["ssl_trusted_certificate"]),
+                f"CA file does not load ({exc.__class__.__name__})",
+            ) from None
+    ctx.set_verify(_VERIFY_FLAGS[settings.verify_mode], _accept_any)
+    if settings.verify_depth is not None:
+        ctx.set_verify_depth(settings.verify_depth)
+    enable_cookies(ctx)
+    # Sessions report which certificate they were served with (HandshakeDone.cert_serial).
+    ctx.yuneta_cert_serial = material.info.serial  # type: ignore[attr-defined]
+    return ctx
+
+
+_probe_client: SSL.Context | None = None
+
+
+def _probe_client_context() -> SSL.Context:
+    # Any certificate is accepted: the probe asks whether the server can complete a handshake
+    # with what it loaded (sign with its key), not whether someone trusts it.
+    global _probe_client
+    if _probe_client is None:
+        _probe_client = SSL.Context(SSL.DTLS_CLIENT_METHOD)
+    return _probe_client
+
+
+def probe_handshake(ctx: SSL.Context, material: TlsMaterial) -> None:
+    """Run one DTLS handshake in memory between a default client and `ctx`.
+
+    Passes when the client was served `material`'s leaf and either completed the handshake
+    or, under a required client certificate, got as far as the server's demand for one.
+    Raises `CertificateFileError` naming the certificate and OpenSSL's reason otherwise.
+    """
+    peer = ("probe", 0)
+    server = DtlsServer(lambda: ctx, mtu=DEFAULT_MTU)
+    client = DtlsSession.client(_probe_client_context(), peer, 0.0)
+    server_failure = ""
+    for _ in range(8):  # HelloVerifyRequest, then two flights each way; a bound, not a budget
+        for datagram in client.datagrams_to_send():
+            for _session, event in server.receive(peer, datagram, 0.0):
+                if not isinstance(event, HandshakeDone) and event.handshake_failed:
+                    server_failure = event.reason
+        for datagram, _addr in server.datagrams_to_send():
+            client.receive_datagram(datagram, 0.0)
+        if client.is_open or client.is_closed:
+            break
+    served = client.connection.get_peer_certificate(as_cryptography=True)
+    served_der = served.public_bytes(serialization.Encoding.DER) if served is not None else b""
+    needs_client_cert = material.settings.verify_mode == "required"
+    if client.is_open or (needs_client_cert and served_der and "certificate" in server_failure):
+        if served_der != material.leaf_der:
+            raise CertificateFileError(
+                "ssl_certificate", material.cert_path, "served another certificate"
+            )
+        return
+    reason = server_failure or client.close_reason or "did not complete in memory"
+    raise CertificateFileError(
+        "ssl_certificate",
+        material.cert_path,
+        f"certificate cannot be used for a DTLS handshake ({reason})",
+    )
+
+
+def _checked(crypto_kw: Mapping[str, Any]) -> tuple[SSL.Context, TlsMaterial]:
+    material = load_material(crypto_kw)
+    ctx = server_context(material)
+    probe_handshake(ctx, material)
+    return ctx, material
+
+
+def check_crypto(crypto_kw: Mapping[str, Any]) -> CertInfo:
+    """The whole check a DTLS reload runs, building nothing that stays; raises `TlsError`."""
+    return _checked(crypto_kw)[1].info
+
+
+class Ydtls:
+    """The current DTLS context of one listener, hot-reloadable (the interface of `Ytls`).
+
+    `get_context` (zero-arg) is what `udpio.UdpServer` calls for each new session. `reload()`
+    swaps in a validated, proven fresh context or raises `TlsError` leaving the old one.
+    """
+
+    def __init__(self, crypto_kw: Mapping[str, Any]) -> None:
+        self._lock = threading.Lock()
+        self._built: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+        self.reload_count = 0
+        ctx, material = _checked(crypto_kw)
+        self._built.add(ctx)
+        # One tuple, one assignment: readers never see a context with another's material.
+        self._current: tuple[SSL.Context, TlsMaterial] = (ctx, material)
+
+    @property
+    def context(self) -> SSL.Context:
+        return self._current[0]
+
+    def get_context(self) -> SSL.Context:
+        """Zero-arg provider for `udpio.UdpServer(tls=...)`: the current context."""
+        return self._current[0]
+
+    @property
+    def material(self) -> TlsMaterial:
+        return self._current[1]
+
+    @property
+    def crypto(self) -> dict[str, Any]:
+        return dict(self._current[1].crypto)
+
+    def reload(self, crypto_kw: Mapping[str, Any] | None = None) -> CertInfo:
+        """Build a fresh context from `crypto_kw` (default: the current one), prove it, swap.
+
+        Returns the new `CertInfo`. On failure raises `TlsError`; the old context stays.
+        """
+        with self._lock:
+            ctx, material = _checked(self._current[1].crypto if crypto_kw is None else crypto_kw)
+            self._built.add(ctx)
+            self._current = (ctx, material)
+            self.reload_count += 1
+            return material.info
+
+    def cert_info(self, now: float | None = None) -> dict[str, Any]:
+        """`view-cert` data of the current certificate (see `CertInfo.as_dict`)."""
+        return self._current[1].info.as_dict(now)
+
+    def alive_contexts(self) -> int:
+        """How many contexts built by this Ydtls are still referenced (current included)."""
+        return len(self._built)
