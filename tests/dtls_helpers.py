@@ -25,9 +25,13 @@ def server_context(issued: Issued) -> SSL.Context:
     return ctx
 
 
-def client_context(ca: TestCA | Path) -> SSL.Context:
-    """A DTLS client context that verifies the server against `ca` (a TestCA or a CA file)."""
+def client_context(ca: TestCA | Path, cert: Issued | None = None) -> SSL.Context:
+    """A DTLS client context that verifies the server against `ca` (a TestCA or a CA file)
+    and presents `cert` when given."""
     ctx = SSL.Context(SSL.DTLS_CLIENT_METHOD)
+    if cert is not None:
+        ctx.use_certificate_chain_file(str(cert.cert_path))
+        ctx.use_privatekey_file(str(cert.key_path))
     if isinstance(ca, TestCA):
         ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(ca._ca_cert))
     else:
@@ -52,12 +56,18 @@ class DtlsClient:
     """A blocking DTLS client on a real UDP socket, driven by `yuneta.dtls.DtlsSession`."""
 
     def __init__(
-        self, port: int, ca: TestCA | Path, *, mtu: int = DEFAULT_MTU, host: str = "127.0.0.1"
+        self,
+        port: int,
+        ca: TestCA | Path,
+        *,
+        mtu: int = DEFAULT_MTU,
+        host: str = "127.0.0.1",
+        cert: Issued | None = None,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.connect((host, port))
         self.session = DtlsSession.client(
-            client_context(ca), (host, port), time.monotonic(), mtu=mtu
+            client_context(ca, cert), (host, port), time.monotonic(), mtu=mtu
         )
         self.received: list[bytes] = []
 

@@ -440,3 +440,17 @@ def test_yuno_reload_certs_and_expiry_status_include_the_udp_listener(tmp_path, 
     assert {d["gobj"]: d["serial"] for d in status["details"]}["dtls"] == dtls.serial
     details = rt.root.check_cert_expiry()
     assert {d["gobj"] for d in details} == {"tls", "dtls"}
+
+
+def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_path, ca, yunos):
+    server = ca.issue(tmp_path / "srv", "dtls")
+    clients_ca, strangers = TestCA("dtls clients"), TestCA("strangers")
+    crypto = server.crypto(ssl_trusted_certificate=str(clients_ca.write_ca(tmp_path / "ca.pem")))
+    _, listener, port = dtls_listener(yunos, tmp_path, crypto)
+    member = clients_ca.issue(tmp_path / "c1", "member", client=True)
+    with DtlsClient(port, ca, cert=member).handshake() as client:
+        assert client.echo(b"member") == b"member"
+    for cert in (None, strangers.issue(tmp_path / "c2", "stranger", client=True)):
+        with pytest.raises(AssertionError, match="alert|certificate"):
+            DtlsClient(port, ca, cert=cert).handshake(timeout=5)
+    wait_for(lambda: attrs(listener)["handshake_failures"] == 2)

@@ -4,16 +4,14 @@ The DTLS twin of `yuneta.ytls`: `yuneta.tls_material.load_material` checks a lis
 `crypto` files exactly as for TCP (so a bad certificate is refused with the same words), and
 `server_context` builds a pyOpenSSL `DTLS_SERVER_METHOD` context from those very bytes, never
 reopening a path. Every new context is then proven by one DTLS handshake in memory through
-`yuneta.dtls` itself (cookie exchange included) before it may serve. `Ydtls` holds the
-current context of one listener with `Ytls`'s interface: `reload()` swaps one reference, so
-new sessions get the new certificate while live sessions keep the context they were born
-with; an old context is freed with its last session.
+`yuneta.dtls` itself (cookie exchange included) before it may serve. `Ydtls` is `Ytls` with
+this factory: `reload()` swaps one reference, so new sessions get the new certificate while
+live sessions keep the context they were born with; an old context goes with its last
+session.
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +28,7 @@ from yuneta.tls_material import (
     TlsSettingError,
     load_material,
 )
+from yuneta.ytls import Ytls
 
 __all__ = ["Ydtls", "server_context", "probe_handshake", "check_crypto"]
 
@@ -41,10 +40,6 @@ _VERIFY_FLAGS = {
     "optional": SSL.VERIFY_PEER,
     "required": SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
 }
-
-
-def _accept_any(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
-    return bool(ok)  # OpenSSL's own chain verdict (against the client CA) decides
 
 
 def server_context(material: TlsMaterial) -> SSL.Context:
@@ -82,8 +77,8 @@ def server_context(material: TlsMaterial) -> SSL.Context:
         assert store is not None
         try:
             for der in material.ca_der:
-                ca = crypto.X509.from_cryptography(x509.load_der_x509_certificate(der))
-                store.add_cert(ca)
+                ca = x509.load_der_x509_certificate(der)
+                store.add_cert(crypto.X509.from_cryptography(ca))
                 ctx.add_client_ca(ca)
         except (SSL.Error, crypto.Error, ValueError) as exc:
             raise CertificateFileError(
@@ -91,7 +86,7 @@ def server_context(material: TlsMaterial) -> SSL.Context:
                 str(material.crypto["ssl_trusted_certificate"]),
                 f"CA file does not load ({exc.__class__.__name__})",
             ) from None
-    ctx.set_verify(_VERIFY_FLAGS[settings.verify_mode], _accept_any)
+    ctx.set_verify(_VERIFY_FLAGS[settings.verify_mode])  # OpenSSL's own chain check
     if settings.verify_depth is not None:
         ctx.set_verify_depth(settings.verify_depth)
     enable_cookies(ctx)
@@ -161,54 +156,9 @@ def check_crypto(crypto_kw: Mapping[str, Any]) -> CertInfo:
     return _checked(crypto_kw)[1].info
 
 
-class Ydtls:
-    """The current DTLS context of one listener, hot-reloadable (the interface of `Ytls`).
+class Ydtls(Ytls):
+    """The current DTLS context of one listener, hot-reloadable: `Ytls` with the pyOpenSSL
+    factory. `get_context` is what `udpio.UdpServer` calls for each new session; `reload()`
+    swaps in a validated, proven fresh context or raises `TlsError` leaving the old one."""
 
-    `get_context` (zero-arg) is what `udpio.UdpServer` calls for each new session. `reload()`
-    swaps in a validated, proven fresh context or raises `TlsError` leaving the old one.
-    """
-
-    def __init__(self, crypto_kw: Mapping[str, Any]) -> None:
-        self._lock = threading.Lock()
-        self._built: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
-        self.reload_count = 0
-        ctx, material = _checked(crypto_kw)
-        self._built.add(ctx)
-        # One tuple, one assignment: readers never see a context with another's material.
-        self._current: tuple[SSL.Context, TlsMaterial] = (ctx, material)
-
-    @property
-    def context(self) -> SSL.Context:
-        return self._current[0]
-
-    def get_context(self) -> SSL.Context:
-        """Zero-arg provider for `udpio.UdpServer(tls=...)`: the current context."""
-        return self._current[0]
-
-    @property
-    def material(self) -> TlsMaterial:
-        return self._current[1]
-
-    @property
-    def crypto(self) -> dict[str, Any]:
-        return dict(self._current[1].crypto)
-
-    def reload(self, crypto_kw: Mapping[str, Any] | None = None) -> CertInfo:
-        """Build a fresh context from `crypto_kw` (default: the current one), prove it, swap.
-
-        Returns the new `CertInfo`. On failure raises `TlsError`; the old context stays.
-        """
-        with self._lock:
-            ctx, material = _checked(self._current[1].crypto if crypto_kw is None else crypto_kw)
-            self._built.add(ctx)
-            self._current = (ctx, material)
-            self.reload_count += 1
-            return material.info
-
-    def cert_info(self, now: float | None = None) -> dict[str, Any]:
-        """`view-cert` data of the current certificate (see `CertInfo.as_dict`)."""
-        return self._current[1].info.as_dict(now)
-
-    def alive_contexts(self) -> int:
-        """How many contexts built by this Ydtls are still referenced (current included)."""
-        return len(self._built)
+    build = staticmethod(_checked)

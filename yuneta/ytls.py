@@ -22,7 +22,7 @@ import ssl
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from yuneta.tls_material import (
@@ -260,11 +260,15 @@ class Ytls:
     a validated, proven fresh context or raises `TlsError` leaving the old one serving.
     """
 
+    #: crypto -> (proven context, its material); the DTLS listener's `Ydtls` plugs in the
+    #: pyOpenSSL factory (yuneta.dtls_context) and keeps the rest of this class as it is.
+    build: Callable[[Mapping[str, Any]], tuple[Any, TlsMaterial]] = staticmethod(_checked)
+
     def __init__(self, crypto: Mapping[str, Any]) -> None:
         self._lock = threading.Lock()
         self._built: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
         self.reload_count = 0
-        ctx, material = _checked(crypto)
+        ctx, material = self.build(crypto)
         self._built.add(ctx)
         # One tuple, one assignment: readers never see a context with another's material.
         self._current: tuple[ssl.SSLContext, TlsMaterial] = (ctx, material)
@@ -294,7 +298,7 @@ class Ytls:
         Returns the new `CertInfo`. On failure raises `TlsError`; the old context stays.
         """
         with self._lock:
-            ctx, material = _checked(self._current[1].crypto if crypto is None else crypto)
+            ctx, material = self.build(self._current[1].crypto if crypto is None else crypto)
             self._built.add(ctx)
             self._current = (ctx, material)
             self.reload_count += 1
