@@ -65,10 +65,18 @@ GCLASS = GClassDef(
         Attr("int", "dropped", Flag.RSTATS, 0, "Datagrams from unknown peers that opened nothing"),
     ),
     commands=TLS_COMMANDS,
-    input_events=("EV_HANDSHAKE_FAILED",),
+    input_events=("EV_HANDSHAKE_FAILED", "EV_CERT_FILES_CHANGED", "EV_CERT_RELOAD_RETRY"),
     states={
-        "ST_STOPPED": (("EV_HANDSHAKE_FAILED", None, None),),
-        "ST_LISTENING": (("EV_HANDSHAKE_FAILED", "ac_handshake_failed", None),),
+        "ST_STOPPED": (
+            ("EV_HANDSHAKE_FAILED", None, None),
+            ("EV_CERT_FILES_CHANGED", None, None),  # raced a stop: nothing to reload
+            ("EV_CERT_RELOAD_RETRY", None, None),
+        ),
+        "ST_LISTENING": (
+            ("EV_HANDSHAKE_FAILED", "ac_handshake_failed", None),
+            ("EV_CERT_FILES_CHANGED", "ac_cert_files_changed", None),  # cert_watch
+            ("EV_CERT_RELOAD_RETRY", "ac_cert_reload_retry", None),
+        ),
     },
 )
 
@@ -139,6 +147,7 @@ class CUdpS(TlsListener, GObj):
         )
         self.attrs["lPort"] = self.server.start_listening()
         self.change_state("ST_LISTENING")
+        self.start_cert_watch()
         self.log(
             "info",
             "listening",
@@ -149,6 +158,7 @@ class CUdpS(TlsListener, GObj):
         )
 
     def mt_stop(self) -> None:
+        self.stop_cert_watch()
         if self.server is not None:
             self.server.stop_listening()
             self.mt_stats()

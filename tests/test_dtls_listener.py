@@ -454,3 +454,30 @@ def test_client_certificates_are_required_when_a_client_ca_is_configured(tmp_pat
         with pytest.raises(AssertionError, match="alert|certificate"):
             DtlsClient(port, ca, cert=cert).handshake(timeout=5)
     wait_for(lambda: attrs(listener)["handshake_failures"] == 2)
+
+
+def test_cert_watch_reloads_the_dtls_listener_when_its_files_change(tmp_path, ca, yunos):
+    live_dir = tmp_path / "live"
+    live_dir.mkdir()
+    old, new = ca.issue(tmp_path / "old", "old"), ca.issue(tmp_path / "new", "new")
+    shutil.copy(old.cert_path, live_dir / "srv.crt")
+    shutil.copy(old.key_path, live_dir / "srv.key")
+    crypto = {
+        "ssl_certificate": str(live_dir / "srv.crt"),
+        "ssl_certificate_key": str(live_dir / "srv.key"),
+    }
+    _, listener, port = dtls_listener(
+        yunos, tmp_path, crypto, cert_watch=True, cert_watch_debounce=0.2
+    )
+    live = DtlsClient(port, ca).handshake()
+    shutil.copy(new.key_path, live_dir / "srv.key")
+    shutil.copy(new.cert_path, live_dir / "srv.crt")
+
+    def fresh_serial() -> str:
+        with DtlsClient(port, ca).handshake() as client:
+            return client.serial
+
+    wait_for(lambda: fresh_serial() == new.serial, timeout=20, interval=0.1)
+    assert live.echo(b"kept") == b"kept" and live.serial == old.serial
+    assert attrs(listener)["reloads"] >= 1
+    live.close()
