@@ -3,11 +3,17 @@
 A `TestCA` (trustme for the root) issues leaf certificates with chosen validity, key type and
 common name via `cryptography`, and writes them as PEM files (fullchain and key) into a
 directory, returning the `crypto` dict a Yuneta listener would be configured with.
+
+Leaves carry the extensions a real CA puts on them (`leaf_extensions`): subject and authority
+key identifiers, basic constraints CA:FALSE, key usage, extended key usage and the SAN. Python
+3.13's default client context sets VERIFY_X509_STRICT, which refuses a chain whose leaf has no
+authority key identifier, so certificates without them would only fail on 3.13.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,44 @@ class Issued:
             "ssl_certificate_key": str(self.key_path),
             **extra,
         }
+
+
+def leaf_extensions(
+    builder: x509.CertificateBuilder,
+    *,
+    public_key: Any,
+    issuer: x509.Certificate,
+    sans: list[x509.GeneralName],
+    usage: x509.ObjectIdentifier,
+) -> x509.CertificateBuilder:
+    """Add the extensions of a CA-issued end-entity certificate (RFC 5280, CA/B baseline)."""
+    issuer_ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    # RSA key exchange (TLS 1.2 static RSA) needs keyEncipherment; ECDSA keys only sign.
+    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+    return (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=rsa_key,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
+            critical=False,
+        )
+    )
 
 
 def _private_key(key_type: str) -> Any:
@@ -83,7 +127,7 @@ class TestCA:
         now = dt.datetime.now(dt.UTC)
         key = _private_key(key_type)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(self._ca_cert.subject)
@@ -91,15 +135,14 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now + dt.timedelta(days=not_before_days))
             .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(f"{name}.test"), x509.IPAddress(_loopback())]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(self._ca_key, hashes.SHA256())
         )
+        cert = leaf_extensions(
+            builder,
+            public_key=key.public_key(),
+            issuer=self._ca_cert,
+            sans=[x509.DNSName(f"{name}.test"), x509.IPAddress(_loopback())],
+            usage=usage,
+        ).sign(self._ca_key, hashes.SHA256())
         directory.mkdir(parents=True, exist_ok=True)
         cert_path = directory / f"{name}.crt"
         key_path = directory / f"{name}.key"
@@ -128,9 +171,7 @@ class TestCA:
         return ctx
 
 
-def _loopback() -> Any:
-    import ipaddress
-
+def _loopback() -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address("127.0.0.1")
 
 
