@@ -29,7 +29,7 @@ from typing import Any
 from gclasses.cert_sync import CertSync, YunoTarget
 from gclasses.cert_sync import check_attrs as check_cert_sync_attrs
 from yuneta import ievent
-from yuneta.command import envelope, then
+from yuneta.command import DEFAULT_SERVICE, envelope, then
 from yuneta.errors import CommandError
 from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, register_gclass
 from yuneta.gobj import GObj, create_gobj
@@ -512,7 +512,7 @@ class CAgent(GObj):
             src_service=self.name,
             dst_yuno=e.yuno_name,
             dst_role=e.yuno_role,
-            dst_service=service or "__default_service__",
+            dst_service=service or DEFAULT_SERVICE,
         )
 
     def command_yunos(
@@ -571,12 +571,9 @@ class CAgent(GObj):
         command = (kw.pop("command", "") or "").strip()
         if not command:
             raise CommandError("What command?")
-        service = kw.pop("service", "") or "__default_service__"
+        service = kw.pop("service", "") or DEFAULT_SERVICE
         assert self.runtime is not None
-        target = self.runtime.find_service(service)
-        if target is None:
-            raise CommandError(f"Service not found: '{service}'")
-        return target.command(command, kw, src=self)
+        return self.runtime.route_command(command, kw, service=service, src=self)
 
     def cmd_view_agent_tree(self, cmd: str, kw: dict, src: Any) -> dict:
         # The built-in view-gobj-tree, from the root: tree_node only reads, any thread may.

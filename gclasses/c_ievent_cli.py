@@ -4,17 +4,20 @@ Created by C_YUNO when `agent_url` is set. It connects to the agent, presents an
 card (role, name, yuno_id, pid), and answers the commands the agent routes to this yuno:
 to a service (`service`, `__yuno__` for the root) or to any gobj by name (`gobj`). When
 the agent goes away it reconnects with backoff, so an agent restart finds its yunos again.
+
+The link's callbacks run off this gobj's actor (the I/O loop, and a worker thread per
+command), so they only post events; the actor alone writes the attributes.
 """
 
 from __future__ import annotations
 
 import os
-import ssl
+from typing import Any
 
 from yuneta import ievent
-from yuneta.command import envelope
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
+from yuneta.tls_client import client_context
 from yuneta.wsio import Channel, WsClient
 
 AGENT_ROLE = "yuneta_agent"
@@ -30,7 +33,14 @@ GCLASS = GClassDef(
         Attr("bool", "connected", Flag.RD, False, "Identified with the agent now"),
         Attr("int", "commands_answered", Flag.RSTATS, 0, "Commands received from the agent"),
     ),
-    states={"ST_IDLE": ()},
+    input_events=("EV_ON_OPEN", "EV_ON_CLOSE", "EV_MT_COMMAND"),
+    states={
+        "ST_IDLE": (
+            ("EV_ON_OPEN", "ac_on_open", None),
+            ("EV_ON_CLOSE", "ac_on_close", None),
+            ("EV_MT_COMMAND", "ac_count_command", None),
+        ),
+    },
 )
 
 
@@ -67,7 +77,7 @@ class CIEventCli(GObj):
             ),
             on_command=self._on_command,
             on_state=self._on_state,
-            ssl_context=self._ssl_context(),
+            ssl_context=client_context(self.attrs["url"], self.attrs["cafile"]),
         )
         self.client.start()
 
@@ -76,25 +86,29 @@ class CIEventCli(GObj):
             self.client.stop()
             self.client = None
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.attrs["url"].lower().startswith("wss://"):
-            return None
-        return ssl.create_default_context(cafile=self.attrs["cafile"] or None)
+    # ----- actions (on the actor) ----------------------------------------------------
+
+    def ac_on_open(self, event: str, kw: dict, src: Any) -> int:
+        self.attrs["connected"] = True
+        return 0
+
+    def ac_on_close(self, event: str, kw: dict, src: Any) -> int:
+        self.attrs["connected"] = False
+        return 0
+
+    def ac_count_command(self, event: str, kw: dict, src: Any) -> int:
+        self.attrs["commands_answered"] += 1
+        return 0
+
+    # ----- link callbacks (off the actor: post only) ---------------------------------
 
     def _on_state(self, connected: bool) -> None:
-        self.attrs["connected"] = connected
+        self.send_event("EV_ON_OPEN" if connected else "EV_ON_CLOSE")
 
     def _on_command(self, channel: Channel, line: str, kw: dict, service: str, extra: dict) -> dict:
         """Run a command from the agent on its target (worker thread; asks the target's actor)."""
         assert self.runtime is not None
-        self.attrs["commands_answered"] += 1
-        gobj_name = extra.get("gobj")
-        if gobj_name:
-            target = self.runtime.find_gobj(gobj_name)
-            if target is None:
-                return envelope(-1, f"gobj '{gobj_name}' not found in this yuno")
-        else:
-            target = self.runtime.find_service(service or "__default_service__")
-            if target is None:
-                return envelope(-1, f"Service not found: '{service}'")
-        return target.command(line, kw, src=self)
+        self.send_event("EV_MT_COMMAND")
+        return self.runtime.route_command(
+            line, kw, service=service, gobj=extra.get("gobj") or "", src=self
+        )

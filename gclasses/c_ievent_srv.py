@@ -20,7 +20,6 @@ from typing import Any
 
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
 from yuneta import ievent
-from yuneta.command import envelope
 from yuneta.errors import AttrError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
@@ -193,7 +192,4 @@ class CIEventSrv(TlsListener, GObj):
     def _on_command(self, channel: Channel, line: str, kw: dict, service: str, extra: dict) -> dict:
         """Run a received command on its service (worker thread; asks the service's actor)."""
         assert self.runtime is not None
-        target = self.runtime.find_service(service or "__default_service__")
-        if target is None:
-            return envelope(-1, f"Service not found: '{service}'")
-        return target.command(line, kw, src=self)
+        return self.runtime.route_command(line, kw, service=service, src=self)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gclasses.tls_listener import TlsListener
 from yuneta.command import envelope
 from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj, create_gobj
 
-LISTENER_GCLASSES = ("C_TCP_S", "C_UDP_S", "C_IEVENT_SRV", "C_METRICS")
 RW = Flag.RD | Flag.WR
 
 GCLASS = GClassDef(
@@ -149,11 +149,12 @@ class CYuno(GObj):
     # ----- certificates -------------------------------------------------------------
 
     def tls_listeners(self) -> list[GObj]:
-        """Every running descendant listener with TLS enabled."""
+        """Every running descendant listener with TLS enabled. A listener is one because its
+        gclass mixes in `TlsListener`, so a new one (C_UDP_S) is found without a list here."""
         return [
             g
             for g in self.walk("top_to_bottom")
-            if g.gclass.name in LISTENER_GCLASSES and g.running and g.attrs.get("use_ssl")
+            if isinstance(g, TlsListener) and g.running and g.attrs.get("use_ssl")
         ]
 
     def check_cert_expiry(self) -> list[dict]:

@@ -14,6 +14,8 @@ sys.path.insert(0, str(ROOT))
 
 import kernel_helpers  # noqa: E402,F401  (registers T_LAMP, T_COLLECTOR)
 
+import gclasses  # noqa: E402,F401  (registers the product's gclasses, as the yuneta CLI does)
+
 
 @pytest.fixture
 def subprocess_env() -> dict[str, str]:

@@ -78,6 +78,7 @@ T_COLLECTOR = GClassDef(
     name="T_COLLECTOR",
     description="Records every event it receives, with a monotonic timestamp",
     attrs=(Attr("list", "received", Flag.RD, [], "(event, kw, monotonic time)"),),
+    input_events=("EV_TIMEOUT", "EV_TIMEOUT_PERIODIC", "EV_PING"),
     states={
         "ST_IDLE": (
             ("EV_TIMEOUT", "ac_record", None),

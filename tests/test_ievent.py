@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from yuneta import ievent
+from yuneta.command import envelope
 from yuneta.ievent import (
     EV_IDENTITY_CARD,
     EV_IDENTITY_CARD_ACK,
@@ -544,7 +545,7 @@ def test_build_command_answer_normalizes_the_envelope():
 )
 def test_only_a_negative_result_without_comment_says_see_log(result, comment):
     # Failure is a negative result, as yuneta.command.envelope; a positive result is a success.
-    assert ievent.build_response_envelope(result)["comment"] == comment
+    assert envelope(result)["comment"] == comment
     kw = ievent.build_command_answer(
         {"result": result, "comment": ""}, {}, ievent.md_yuno("r", "role", "name", "id")
     )

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verb in ("install", "uninstall"):
         return install.main(args.verb, args)
+    # The product's gclasses register themselves on import; the kernel names none of them.
+    import gclasses  # noqa: F401
+
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -18,6 +18,9 @@ from yuneta.gclass import Command, coerce
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
+#: The service a command goes to when it names none (the original's `__default_service__`).
+DEFAULT_SERVICE = "__default_service__"
+
 
 def envelope(result: int = 0, comment: str = "", schema: Any = None, data: Any = None) -> dict:
     """The answer of every command. An empty failure comment becomes "(see log)"."""

@@ -164,7 +164,12 @@ Row = tuple[str, str | None, str | None]
 
 @dataclass(frozen=True)
 class GClassDef:
-    """The whole declaration of a gclass. The first state is the initial one."""
+    """The whole declaration of a gclass. The first state is the initial one.
+
+    Checked when declared: every FSM row's event is one of `input_events` (a typo in a row
+    would otherwise be an event silently never handled), one row per event and state, and
+    every next state exists.
+    """
 
     name: str
     attrs: tuple[Attr, ...]
@@ -186,8 +191,17 @@ class GClassDef:
         for cmd in self.commands:
             for alias in (cmd.name, *cmd.aliases):
                 command_index[alias.lower()] = cmd
+        declared = set(self.input_events)
         for state, rows in self.states.items():
+            seen: set[str] = set()
             for event, _action, next_state in rows:
+                if event not in declared:
+                    raise GClassError(
+                        f"{self.name}: state {state}: event {event} is not among its input_events"
+                    )
+                if event in seen:
+                    raise GClassError(f"{self.name}: state {state}: two rows for event {event}")
+                seen.add(event)
                 if next_state is not None and next_state not in self.states:
                     raise GClassError(
                         f"{self.name}: state {state}: event {event} goes to unknown state {next_state}"
@@ -241,17 +255,11 @@ def register_gclass(cls: type[GObj]) -> type[GObj]:
 
 
 def find_gclass(name: str) -> type[GObj]:
-    """Return the registered gclass `name` (case-insensitive) or raise GClassError."""
-    _load_builtin_gclasses()
+    """Return the registered gclass `name` (case-insensitive) or raise GClassError.
+
+    The kernel knows no gclass by itself: whoever runs it (the `yuneta` command line, a
+    test) imports the modules that register theirs."""
     try:
         return _registry[name.upper()]
     except KeyError:
         raise GClassError(f"unknown gclass '{name}'") from None
-
-
-def _load_builtin_gclasses() -> None:
-    # The gclasses package registers its classes on import; importing it lazily keeps
-    # the kernel free of a hard dependency on the product's gclasses.
-    import importlib
-
-    importlib.import_module("gclasses")

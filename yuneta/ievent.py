@@ -23,6 +23,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import yuneta.command
+from yuneta.command import DEFAULT_SERVICE
+
 __all__ = [
     "EV_IDENTITY_CARD",
     "EV_IDENTITY_CARD_ACK",
@@ -52,7 +55,6 @@ __all__ = [
     "build_identity_card_ack",
     "build_command",
     "build_command_answer",
-    "build_response_envelope",
     "SendFrame",
     "Close",
     "IdentityAccepted",
@@ -86,7 +88,6 @@ MSG_TYPE_STATS = "__stats__"
 MSG_ID_KEY = "msg_id"
 
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
-DEFAULT_SERVICE = "__default_service__"
 YUNETA_VERSION = "7.0.0-py"
 
 ST_DISCONNECTED = "ST_DISCONNECTED"
@@ -512,16 +513,6 @@ def build_command(
     return frame_kw
 
 
-def build_response_envelope(
-    result: int, comment: str = "", schema: Any = None, data: Any = None
-) -> dict[str, Any]:
-    """The ``{result, comment, schema, data}`` envelope; a failure (negative result) without
-    comment says "(see log)", as `yuneta.command.envelope`; a positive result is not a failure."""
-    if result < 0 and not comment:
-        comment = "(see log)"
-    return {"result": int(result), "comment": comment, "schema": schema, "data": data}
-
-
 def build_command_answer(
     envelope: Mapping[str, Any],
     request_kw: Mapping[str, Any],
@@ -543,7 +534,7 @@ def build_command_answer(
     comment = envelope.get("comment")
     answer = {k: v for k, v in envelope.items() if k not in ("__md_iev__", "__md_yuno__")}
     answer.update(
-        build_response_envelope(
+        yuneta.command.envelope(
             result,
             comment if isinstance(comment, str) else "",
             envelope.get("schema"),
@@ -739,7 +730,7 @@ class ServerSession:
             answer_event = (
                 EV_MT_STATS_ANSWER if frame.event == EV_MT_STATS else EV_MT_COMMAND_ANSWER
             )
-            envelope = build_response_envelope(
+            envelope = yuneta.command.envelope(
                 -1, f"Identity card required: only authenticated clients can send {frame.event}"
             )
             return [SendFrame(answer_event, self._answer_kw(envelope, frame.kw))]
@@ -783,7 +774,7 @@ class ServerSession:
         )
 
     def _bad_frame(self, reason: str) -> list[Any]:
-        envelope = build_response_envelope(-1, f"Bad inter-event: {reason}")
+        envelope = yuneta.command.envelope(-1, f"Bad inter-event: {reason}")
         return [
             ProtocolFault(reason),
             SendFrame(EV_MT_COMMAND_ANSWER, self._answer_kw(envelope, {})),
@@ -813,7 +804,7 @@ class ServerSession:
         answer_event = EV_MT_STATS_ANSWER if is_stats else EV_MT_COMMAND_ANSWER
 
         def refuse(comment: str) -> list[Any]:
-            envelope = build_response_envelope(-1, comment)
+            envelope = yuneta.command.envelope(-1, comment)
             return [SendFrame(answer_event, self._answer_kw(envelope, kw))]
 
         top = _top_gate(kw)

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from yuneta.command import DEFAULT_SERVICE, envelope
 from yuneta.config import ServiceNode, YunoConfig
 from yuneta.errors import ConfigError, YunetaError
 from yuneta.gclass import coerce
@@ -115,7 +116,7 @@ class YunoRuntime:
         key = (name or "").lower()
         if key in ROOT_ALIASES:
             return self.root
-        if key == "__default_service__":
+        if key == DEFAULT_SERVICE:
             return self.default_service or self.root
         with self._lock:
             return self.services.get(key)
@@ -127,6 +128,31 @@ class YunoRuntime:
             return found
         matches = self.root.find(name=name)
         return matches[0] if matches else None
+
+    def route_command(
+        self,
+        line: str,
+        kw: dict[str, Any] | None = None,
+        *,
+        service: str = "",
+        gobj: str = "",
+        src: GObj | None = None,
+    ) -> dict:
+        """Run a command that came from outside the yuno on the gobj it names; its envelope.
+
+        `gobj` (any gobj by name) wins over `service`; no service means the default one.
+        A target that does not exist is a -1 envelope naming it. Blocks until the target
+        answers: call it from a worker thread or another gobj's actor, never the I/O loop.
+        """
+        if gobj:
+            target = self.find_gobj(gobj)
+            if target is None:
+                return envelope(-1, f"gobj '{gobj}' not found in this yuno")
+        else:
+            target = self.find_service(service or DEFAULT_SERVICE)
+            if target is None:
+                return envelope(-1, f"Service not found: '{service}'")
+        return target.command(line, kw, src=src)
 
     # ----- persistence --------------------------------------------------------------
 

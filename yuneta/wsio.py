@@ -28,6 +28,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from yuneta import ievent
+from yuneta.command import envelope
 from yuneta.log import log
 from yuneta.netio import IOLoop
 
@@ -70,9 +71,9 @@ class Channel:
             )
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            return ievent.build_response_envelope(-1, f"No answer within {timeout:g} s")
+            return envelope(-1, f"No answer within {timeout:g} s")
         except websockets.ConnectionClosed:
-            return ievent.build_response_envelope(-1, "Connection closed before the answer")
+            return envelope(-1, "Connection closed before the answer")
         finally:
             self._pending.pop(msg_id, None)
 
@@ -83,14 +84,13 @@ class Channel:
         future = self._pending.get(msg_id)
         if future is None or future.done():
             return False
-        envelope = {k: kw.get(k) for k in ("result", "comment", "schema", "data")}
-        future.set_result(envelope)
+        future.set_result({k: kw.get(k) for k in ("result", "comment", "schema", "data")})
         return True
 
     def connection_lost(self) -> None:
         for future in self._pending.values():
             if not future.done():
-                future.set_result(ievent.build_response_envelope(-1, "Connection lost"))
+                future.set_result(envelope(-1, "Connection lost"))
 
 
 def _verb(command_line: str) -> str:
@@ -119,7 +119,7 @@ def request_all(
     async def ask_all() -> list[dict]:
         async def ask(channel: Channel | None, gate: ievent.Gate) -> dict:
             if channel is None:
-                return ievent.build_response_envelope(-1, "Not connected")
+                return envelope(-1, "Not connected")
             return await channel.request(command, params, gate, timeout)
 
         return list(await asyncio.gather(*(ask(c, g) for c, g in calls)))
@@ -330,7 +330,7 @@ class WsServer:
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            envelope = await loop.run_in_executor(
+            answer = await loop.run_in_executor(
                 self._executor,
                 self.on_command,
                 channel,
@@ -348,11 +348,11 @@ class WsServer:
                 error=repr(exc),
                 exc_info=True,
             )
-            envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
+            answer = envelope(-1, f"{type(exc).__name__}: {exc}")
         if previous is not None:
             await asyncio.wait([previous])
         try:
-            await channel.ws.send(session.answer(request, envelope).text)
+            await channel.ws.send(session.answer(request, answer).text)
         except websockets.ConnectionClosed:
             log(
                 "info",
@@ -500,17 +500,17 @@ class WsClient:
         )
         params = {k: v for k, v in request_kw.items() if not k.startswith("__") and k != "service"}
         if not isinstance(command, str) or not command.strip():
-            envelope = ievent.build_response_envelope(-1, "What command?")
+            result = envelope(-1, "What command?")
         else:
             loop = asyncio.get_running_loop()
             try:
-                envelope = await loop.run_in_executor(
+                result = await loop.run_in_executor(
                     None, self.on_command, channel, command, params, service, extra
                 )
             except Exception as exc:
-                envelope = ievent.build_response_envelope(-1, f"{type(exc).__name__}: {exc}")
+                result = envelope(-1, f"{type(exc).__name__}: {exc}")
         answer = ievent.build_command_answer(
-            envelope, request_kw, self.md_yuno, my_service=service or "__yuno__"
+            result, request_kw, self.md_yuno, my_service=service or "__yuno__"
         )
         try:
             await channel.send(ievent.EV_MT_COMMAND_ANSWER, answer)

@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import ssl
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,10 +29,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from yuneta import ievent
+from yuneta.command import DEFAULT_SERVICE
+from yuneta.tls_client import client_context
 
 DEFAULT_URL = "ws://127.0.0.1:1991"
 DEFAULT_ROLE = "yuneta_agent"
-DEFAULT_SERVICE = "__default_service__"
 # The agent gives a slow yuno up to 10 s (its command_timeout) and then answers "No answer
 # within 10 s": ycommand must still be listening then.
 DEFAULT_WAIT = 15.0
@@ -422,17 +422,6 @@ class AgentLink:
             self._inbox.put_nowait(event)
 
 
-def make_ssl_context(opts: Options) -> ssl.SSLContext | None:
-    """The client TLS context for ``wss://`` URLs (None for ``ws://``)."""
-    if not opts.url.lower().startswith("wss://"):
-        return None
-    ctx = ssl.create_default_context(cafile=opts.cafile or None)
-    if opts.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class Shell:
     """Runs command lines over an `AgentLink` and prints the answers."""
 
@@ -483,7 +472,7 @@ class Shell:
         try:
             ws = await connect(
                 opts.url,
-                ssl=make_ssl_context(opts),
+                ssl=client_context(opts.url, opts.cafile, insecure=opts.insecure),
                 open_timeout=opts.wait,
                 close_timeout=min(opts.wait, 2.0),
                 compression=None,
