@@ -52,7 +52,7 @@ GCLASS = GClassDef(
         Attr("list", "only_allowed_ips", Flag.RD, [], "IPs or CIDRs allowed to talk (empty: all)"),
         Attr("str", "protocol", Flag.RD, "echo", "Protocol of the peers' datagrams"),
         Attr("int", "sessions", Flag.RSTATS, 0, "Peers (DTLS sessions) live now"),
-        Attr("int", "tsessions", Flag.RSTATS, 0, "Peers (DTLS sessions) admitted in total"),
+        Attr("int", "tsessions", Flag.RSTATS, 0, "Peers (DTLS sessions) established in total"),
         Attr("int", "handshake_failures", Flag.RSTATS, 0, "DTLS handshakes that failed"),
         Attr(
             "int",

@@ -19,6 +19,7 @@ from test_c_tcp_s import _bad_material
 
 from yuneta.config import load_config
 from yuneta.dtls import DtlsSession
+from yuneta.errors import ConfigError
 from yuneta.runtime import YunoRuntime
 from yuneta.ytls import TlsError
 
@@ -481,3 +482,25 @@ def test_cert_watch_reloads_the_dtls_listener_when_its_files_change(tmp_path, ca
     assert live.echo(b"kept") == b"kept" and live.serial == old.serial
     assert attrs(listener)["reloads"] >= 1
     live.close()
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"url": "udps://127.0.0.1:0", "mtu": 100}, "attribute 'mtu': 100 is not between 256"),
+        ({"url": "tcps://127.0.0.1:0"}, "attribute 'url'"),
+        ({"url": "udp://127.0.0.1:0", "protocol": "nope"}, "unknown protocol 'nope'"),
+    ],
+)
+def test_a_bad_listener_config_is_refused_naming_the_attribute(tmp_path, kw, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(
+            [],
+            extra=[
+                {
+                    "environment": {"work_dir": str(tmp_path / "work")},
+                    "yuno": {"yuno_role": "echo_dtls", "yuno_name": "t1"},
+                    "services": [{"name": "l", "gclass": "C_UDP_S", "kw": kw}],
+                }
+            ],
+        )

@@ -483,7 +483,7 @@ class DtlsServer:
 
     `context` is a zero-arg provider of the current server `SSL.Context` (built with
     `enable_cookies`), read when a new session is admitted. Counters (plain ints):
-    `tsessions` (sessions admitted), `handshake_failures`, `cookie_rejections` (ClientHellos
+    `tsessions` (handshakes completed), `handshake_failures`, `cookie_rejections` (ClientHellos
     answered with a HelloVerifyRequest because they carried no valid cookie: no state kept),
     `dropped` (datagrams from unknown peers that are no ClientHello, or malformed ones).
     """
@@ -547,7 +547,6 @@ class DtlsServer:
             handshake_timeout=self.handshake_timeout,
         )
         self.sessions[addr] = self._handshaking[addr] = new
-        self.tsessions += 1
         events: list[Event] = []
         new._step(now, events)  # the buffered ClientHello: the server's first flight
         results.extend(self._settle(new, events, now))
@@ -642,6 +641,7 @@ class DtlsServer:
         self._take(session)
         for event in events:
             if isinstance(event, HandshakeDone):
+                self.tsessions += 1
                 self._handshaking.pop(session.peer, None)
                 self._plan_sweep(session, now)
             elif isinstance(event, SessionClosed):
