@@ -115,20 +115,32 @@ def dtls_sessions(port: int, count: int, concurrency: int, keep: bool) -> list:
                 session.handle_timeout(now)
                 flush(key.fileobj, session)  # type: ignore[arg-type]
     # One 1-byte echo on every kept session, so each has sent and received application data.
-    for sock, session in kept:
-        session.send(b"x")
-        flush(sock, session)
-    waiting = {sock for sock, _ in kept}
-    deadline = time.monotonic() + 60
-    while waiting and time.monotonic() < deadline:
-        for key, _ in sel.select(1):
-            sock, session = key.fileobj, key.data
-            try:
-                data = sock.recv(65535)  # type: ignore[union-attr]
-            except BlockingIOError:
-                continue
-            if any(isinstance(e, DataReceived) for e in session.receive_datagram(data, 0.0)):
-                waiting.discard(sock)  # type: ignore[arg-type]
+    # `concurrency` at a time, resent after a second: a burst of 1,000 datagrams overflows a
+    # socket buffer, and DTLS never retransmits application data.
+    waiting = [sock for sock, _ in kept]
+    sessions = dict(kept)
+    for _attempt in range(20):
+        if not waiting:
+            break
+        missing = []
+        for i in range(0, len(waiting), concurrency):
+            batch = set(waiting[i : i + concurrency])
+            for sock in batch:
+                sessions[sock].send(b"x")
+                flush(sock, sessions[sock])
+            deadline = time.monotonic() + 1.0
+            while batch and time.monotonic() < deadline:
+                for key, _ in sel.select(0.1):
+                    sock = key.fileobj
+                    try:
+                        data = sock.recv(65535)  # type: ignore[union-attr]
+                    except BlockingIOError:
+                        continue
+                    events = sessions[sock].receive_datagram(data, 0.0)  # type: ignore[index]
+                    if any(isinstance(e, DataReceived) for e in events):
+                        batch.discard(sock)  # type: ignore[arg-type]
+            missing += batch
+        waiting = missing
     if waiting:
         raise SystemExit(f"{len(waiting)} DTLS sessions never echoed")
     return kept

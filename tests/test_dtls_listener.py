@@ -21,6 +21,7 @@ from yuneta.config import load_config
 from yuneta.dtls import DtlsSession
 from yuneta.errors import ConfigError
 from yuneta.runtime import YunoRuntime
+from yuneta.udpio import EchoDatagramHandler
 from yuneta.ytls import TlsError
 
 
@@ -504,3 +505,30 @@ def test_a_bad_listener_config_is_refused_naming_the_attribute(tmp_path, kw, wor
                 }
             ],
         )
+
+
+class Exploding(EchoDatagramHandler):
+    """Echoes, except that b"boom" raises (a protocol bug)."""
+
+    __slots__ = ()
+
+    def on_data(self, peer, data: bytes) -> None:
+        if data == b"boom":
+            raise RuntimeError("protocol bug")
+        super().on_data(peer, data)
+
+
+def test_a_failing_protocol_ends_its_own_peer_only(tmp_path, ca, yunos):
+    issued = ca.issue(tmp_path / "srv", "dtls")
+    _, listener, port = dtls_listener(
+        yunos, tmp_path, issued.crypto(), protocol="test_dtls_listener:Exploding"
+    )
+    victim, bystander = DtlsClient(port, ca).handshake(), DtlsClient(port, ca).handshake()
+    wait_for(lambda: attrs(listener)["sessions"] == 2)
+    victim.session.send(b"boom")
+    victim._flush()
+    wait_for(lambda: attrs(listener)["sessions"] == 1)
+    assert bystander.echo(b"unharmed") == b"unharmed"
+    with pytest.raises(AssertionError, match="closed by peer"):
+        victim.echo(b"anyone?", timeout=3)  # it got our close_notify
+    bystander.close()

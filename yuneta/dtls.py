@@ -601,7 +601,7 @@ class DtlsServer:
 
     def next_deadline(self) -> float | None:
         """When `handle_timeout` must run next (monotonic seconds), or None."""
-        deadline = self._next_sweep if self.sessions else None
+        deadline = self._next_sweep if self._next_sweep != float("inf") else None
         for session in self._handshaking.values():
             d = session.deadline()
             if d is not None and (deadline is None or d < deadline):
