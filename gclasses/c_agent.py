@@ -669,7 +669,7 @@ def _channel_asker(e: YunoEntry, gate: ievent.Gate, timeout: float) -> Any:
 
     async def ask(command: str, kw: dict) -> dict:
         if channel is None:
-            return ievent.build_response_envelope(-1, "Not connected")
+            return envelope(-1, "Not connected")
         return await channel.request(command, kw, gate, timeout)
 
     return ask
@@ -681,10 +681,9 @@ def _local_asker(runtime: Any) -> Any:
     async def ask(command: str, kw: dict) -> dict:
         def call() -> dict:
             name = kw.get("__gobj__")
-            target = runtime.find_gobj(name) if name else runtime.root
-            if target is None:
-                return envelope(-1, f"gobj '{name}' not found in this yuno")
-            return target.command(command)
+            if name:
+                return runtime.route_command(command, gobj=name)
+            return runtime.route_command(command, service="__yuno__")
 
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
