@@ -50,6 +50,13 @@ GCLASS = GClassDef(
         Attr("real", "idle_timeout", Flag.RD, 300.0, "Seconds of silence before a peer is dropped"),
         Attr("real", "handshake_timeout", Flag.RD, 15.0, "Seconds a DTLS handshake may take"),
         Attr("list", "only_allowed_ips", Flag.RD, [], "IPs or CIDRs allowed to talk (empty: all)"),
+        Attr(
+            "int",
+            "max_sessions",
+            Flag.RD,
+            20000,
+            "Most peers (DTLS: with handshakes) at once; more are refused (0: no limit)",
+        ),
         Attr("str", "protocol", Flag.RD, "echo", "Protocol of the peers' datagrams"),
         Attr("int", "sessions", Flag.RSTATS, 0, "Peers (DTLS sessions) live now"),
         Attr("int", "tsessions", Flag.RSTATS, 0, "Peers (DTLS sessions) established in total"),
@@ -62,6 +69,7 @@ GCLASS = GClassDef(
             "ClientHellos without a valid cookie, answered statelessly",
         ),
         Attr("int", "rejected", Flag.RSTATS, 0, "Datagrams refused by only_allowed_ips"),
+        Attr("int", "refused", Flag.RSTATS, 0, "Datagrams of new peers refused at max_sessions"),
         Attr("int", "dropped", Flag.RSTATS, 0, "Datagrams from unknown peers that opened nothing"),
     ),
     commands=TLS_COMMANDS,
@@ -143,6 +151,7 @@ class CUdpS(TlsListener, GObj):
             idle_timeout=self.attrs["idle_timeout"],
             handshake_timeout=self.attrs["handshake_timeout"],
             only_allowed_ips=self.attrs["only_allowed_ips"] or None,
+            max_sessions=self.attrs["max_sessions"],
             on_handshake_failed=self._on_handshake_failed,
         )
         self.attrs["lPort"] = self.server.start_listening()
@@ -175,6 +184,7 @@ class CUdpS(TlsListener, GObj):
                 handshake_failures=server.handshake_failures,
                 cookie_rejections=server.cookie_rejections,
                 rejected=server.rejected,
+                refused=server.refused,
                 dropped=server.dropped,
             )
 

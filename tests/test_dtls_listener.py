@@ -532,3 +532,47 @@ def test_a_failing_protocol_ends_its_own_peer_only(tmp_path, ca, yunos):
     with pytest.raises(AssertionError, match="closed by peer"):
         victim.echo(b"anyone?", timeout=3)  # it got our close_notify
     bystander.close()
+
+
+def test_max_sessions_bounds_peers_and_handshakes(tmp_path, ca, yunos):
+    issued = ca.issue(tmp_path / "srv", "dtls")
+    rt = make_yuno(
+        yunos,
+        tmp_path,
+        [
+            {
+                "name": "dtls",
+                "url": "udps://127.0.0.1:0",
+                "crypto": issued.crypto(),
+                "max_sessions": 2,
+            },
+            {"name": "plain", "url": "udp://127.0.0.1:0", "max_sessions": 2},
+        ],
+    )
+    dtls, plain = rt.find_service("dtls"), rt.find_service("plain")
+    first, second = (DtlsClient(dtls.read_attr("lPort"), ca).handshake() for _ in range(2))
+    with pytest.raises(AssertionError, match="timeout"):
+        DtlsClient(dtls.read_attr("lPort"), ca).handshake(timeout=1.0)
+    assert attrs(dtls)["refused"] >= 1 and attrs(dtls)["sessions"] == 2
+    assert first.echo(b"one") == b"one" and second.echo(b"two") == b"two"
+    first.close()
+    wait_for(lambda: attrs(dtls)["sessions"] == 1)
+    with DtlsClient(dtls.read_attr("lPort"), ca).handshake() as third:  # room again
+        assert third.echo(b"three") == b"three"
+    second.close()
+
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for s in socks:
+            s.settimeout(1.0)
+            s.sendto(b"hi", ("127.0.0.1", plain.read_attr("lPort")))
+        answered = []
+        for s in socks:
+            try:
+                answered.append(s.recv(100))
+            except TimeoutError:
+                pass
+        assert answered == [b"hi", b"hi"] and attrs(plain)["refused"] == 1
+    finally:
+        for s in socks:
+            s.close()

@@ -119,7 +119,8 @@ class UdpServer:
     in the loop thread and must be cheap: `on_handshake_failed(peername, reason)`. Counters
     (plain ints, readable from any thread): `sessions` (peers now), `tsessions`,
     `handshake_failures`, `cookie_rejections`, `rejected` (datagrams from addresses outside
-    `only_allowed_ips`), `dropped` (undecodable or unsolicited datagrams).
+    `only_allowed_ips`), `refused` (datagrams from new peers while `max_sessions` peers and
+    handshakes exist; 0: no limit), `dropped` (undecodable or unsolicited datagrams).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class UdpServer:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         only_allowed_ips: Iterable[str] | None = None,
+        max_sessions: int = 0,
         on_handshake_failed: Callable[[Any, str], None] | None = None,
     ) -> None:
         self.ioloop = ioloop
@@ -141,6 +143,7 @@ class UdpServer:
         self.port = port
         self.mtu = mtu
         self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
         self.on_handshake_failed = on_handshake_failed
         self._handler_factory = handler
         self._dtls = (
@@ -159,6 +162,7 @@ class UdpServer:
         self._rbuf = bytearray(_RECV_SIZE)
         self._tsessions = 0
         self.rejected = 0
+        self.refused = 0
         self._dropped = 0
 
     # -- counters ---------------------------------------------------------------------
@@ -204,6 +208,7 @@ class UdpServer:
             "handshake_failures": self.handshake_failures,
             "cookie_rejections": self.cookie_rejections,
             "rejected": self.rejected,
+            "refused": self.refused,
             "dropped": self.dropped,
         }
 
@@ -273,9 +278,13 @@ class UdpServer:
                 break
             except OSError:  # an ICMP error queued on the socket: nothing to read for it
                 continue
-            if addr not in self._peers and self._allowed is not None and not self._allow(addr):
-                self.rejected += 1
-                continue
+            if addr not in self._peers:
+                if self._allowed is not None and not self._allow(addr):
+                    self.rejected += 1
+                    continue
+                if self.max_sessions and self._full(addr):
+                    self.refused += 1
+                    continue
             datagram = bytes(buf[:n])
             if self._dtls is not None:
                 self._dispatch(self._dtls.receive(addr, datagram, now))
@@ -412,6 +421,12 @@ class UdpServer:
                     self._forget_peer(peer, "idle timeout")
         self._flush()
         self._rearm()
+
+    def _full(self, addr: Any) -> bool:
+        # Handshakes in progress count: each holds a DTLS session's memory already.
+        if self._dtls is None:
+            return len(self._peers) >= self.max_sessions
+        return addr not in self._dtls.sessions and len(self._dtls.sessions) >= self.max_sessions
 
     def _allow(self, addr: Any) -> bool:
         try:
