@@ -1,6 +1,6 @@
 """What every TLS listener gclass shares: the certificate commands and their attributes.
 
-C_TCP_S and C_IEVENT_SRV (and C_UDP_S later) mix `TlsListener` in. It owns the listener's
+C_TCP_S, C_UDP_S and C_IEVENT_SRV mix `TlsListener` in. It owns the listener's
 `Ytls` and gives `reload-certs`, `view-cert` and reload-on-write of `crypto`, with the
 answers of SPEC 5: a refused reload keeps the old context, says exactly why, and is logged.
 
