@@ -243,6 +243,9 @@ class _TickPlan:
     previous: Snapshot | None
     yunos: list[YunoTarget]
     retry_transient: bool
+    #: (yuno_id, gobj) of listeners whose reload failed: tried again even when their
+    #: certificate matches (a key that does not match leaves the certificate unchanged).
+    lagging: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass
@@ -293,16 +296,14 @@ async def run_tick(plan: _TickPlan) -> TickResult:
         os.path.realpath(os.path.join(plan.store_dir, c["file"])) for c in changed_files
     }
     result = TickResult(plan.trigger, plan.store_dir, after, changed_files, copy)
-    per_yuno = await asyncio.gather(
-        *(_converge_yuno(y, changed_paths, plan.retry_transient) for y in plan.yunos)
-    )
+    per_yuno = await asyncio.gather(*(_converge_yuno(y, changed_paths, plan) for y in plan.yunos))
     result.listeners = [r for rows in per_yuno for r in rows]
     result.seconds = round(time.monotonic() - started, 3)
     return result
 
 
 async def _converge_yuno(
-    yuno: YunoTarget, changed_paths: set[str], retry: bool
+    yuno: YunoTarget, changed_paths: set[str], plan: _TickPlan
 ) -> list[dict[str, Any]]:
     """Bring every TLS listener of one yuno onto the files on disk; one row per listener."""
     base = {"yuno_id": yuno.id, "yuno": yuno.label}
@@ -330,10 +331,11 @@ async def _converge_yuno(
             lagging = bool(changed_paths)
         else:
             lagging = touched or disk != row["old_fingerprint"]
+        lagging = lagging or (yuno.id, served["gobj"]) in plan.lagging
         if not lagging:
             rows.append({**row, "action": "in-sync", "new_fingerprint": disk, "comment": ""})
             continue
-        rows.append(await _reload(yuno, row, disk or why, retry))
+        rows.append(await _reload(yuno, row, disk or why, plan.retry_transient))
     return rows
 
 
@@ -491,7 +493,8 @@ class CertSync:
             copy_timeout=float(self.attrs["cert_sync_copy_timeout_sec"]),
             previous=self.snapshot,
             yunos=self.agent.cert_sync_targets(),
-            retry_transient=trigger in ("watch", "now", "retry"),
+            retry_transient=trigger in ("watch", "now"),
+            lagging=frozenset(self.lagging),
         )
         self.waiters, self.next_waiters = self.next_waiters, []
         assert self.agent.runtime is not None

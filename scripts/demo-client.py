@@ -4,6 +4,8 @@
 demo-client.py probe PORT CAFILE        -> prints the serial the server presented
 demo-client.py hold PORT CAFILE SECONDS -> one session echoing every 0.2 s; prints a
                                            line per second and exits 1 if an echo fails
+demo-client.py until-new PORT CAFILE SERIAL SECONDS -> probes until the served serial is not
+                                           SERIAL; prints it and how long that took
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def main() -> int:
             ok = echo(s, b"probe")
             print(f"serial={serial(s)} echo={'ok' if ok else 'FAILED'}")
             return 0 if ok else 1
+    if mode == "until-new":
+        old, started = sys.argv[4], time.monotonic()
+        while time.monotonic() - started < float(sys.argv[5]):
+            with connect(port, cafile) as s:
+                now = serial(s)
+            if now != old:
+                took = time.monotonic() - started
+                print(f"new certificate served: serial={now}, {took:.1f} s after the renewal")
+                return 0
+            time.sleep(0.05)
+        print(f"still serial={old} after {sys.argv[5]} s", flush=True)
+        return 1
     seconds = float(sys.argv[4])
     with connect(port, cafile) as s:
         first = serial(s)

@@ -64,7 +64,11 @@ run, agent_url, port, store = sys.argv[1:]
 def write(name, variables):
     with open(f"{run}/{name}", "w") as f:
         json.dump({"__json_config_variables__": variables}, f, indent=2)
-write("agent-override.json", {"agent_url": agent_url, "work_dir": f"{run}/agent"})
+write("agent-override.json", {
+    "agent_url": agent_url,
+    "work_dir": f"{run}/agent",
+    "cert_sync_store_dir": store,  # layer 2: the agent watches this store
+})
 write("echo-override.json", {
     "url": f"tcps://127.0.0.1:{port}",
     "ssl_certificate": f"{store}/localhost.crt",
@@ -90,22 +94,23 @@ say "4. the certificate every listener serves"
 yc "command-yuno command=view-cert service=__yuno__"
 "$PY" scripts/demo-client.py probe "$PORT" "$STORE/ca.crt"
 
-say "5. a live session keeps echoing while the certificate is renewed and reloaded"
+say "5. the certificate is renewed in the store; the agent's watch reloads it, no command sent"
 "$PY" scripts/demo-client.py hold "$PORT" "$STORE/ca.crt" 4 &
 CLIENT=$!
 sleep 1
+OLD_SERIAL="$("$PY" scripts/demo-client.py probe "$PORT" "$STORE/ca.crt" | sed -n 's/^serial=\([0-9A-F]*\).*/\1/p')"
 "$PY" scripts/make-certs.py --store "$STORE" --name localhost --days 90
-yc "command-yuno command=reload-certs service=__yuno__"
-echo "a new session now sees the new certificate:"
-"$PY" scripts/demo-client.py probe "$PORT" "$STORE/ca.crt"
+"$PY" scripts/demo-client.py until-new "$PORT" "$STORE/ca.crt" "$OLD_SERIAL" 15 || true
 wait "$CLIENT"; CLIENT=""
+yc "cert-sync-status"
 
-say "6. a broken key is refused and the good certificate keeps serving"
+say "6. a broken key lands in the store: refused, the good certificate keeps serving, the status says why"
 cp "$STORE/private/localhost.key" "$RUN/good.key"
 "$PY" -c "
 from cryptography.hazmat.primitives.asymmetric import ec; from cryptography.hazmat.primitives import serialization as s
 open('$STORE/private/localhost.key','wb').write(ec.generate_private_key(ec.SECP256R1()).private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption()))"
-yc "command-yuno command=reload-certs service=__yuno__"
+sleep 6  # the agent retries a key that does not match for a few seconds (certbot's links move one at a time)
+yc "cert-sync-status"
 "$PY" scripts/demo-client.py probe "$PORT" "$STORE/ca.crt"
 cp "$RUN/good.key" "$STORE/private/localhost.key"
 

@@ -512,6 +512,13 @@ def test_a_bad_new_certificate_leaves_every_listener_on_the_old_one_and_says_why
     assert prober.failures == [] and set(prober.seen) == {fingerprint(old)}
     failed = [r for t in agent.ticks() for r in t["listeners"] if r["action"] == "failed"]
     assert failed and failed[0]["attempts"] == 5  # retried, bounded
+    # the agent keeps at it (later ticks try again) and the status keeps saying why
+    wait_for(lambda: any(t["trigger"] == "retry" for t in agent.ticks()), timeout=20)
+    assert len(agent.status()["lagging"]) == 2
+    # the right certificate arrives: everyone catches up, nobody lags any more
+    layout.install(old)
+    wait_for(lambda: agent.status()["lagging"] == [], timeout=20)
+    assert [served_fingerprint(p) for p in ports] == [fingerprint(old)] * 2
 
 
 def test_a_store_created_after_the_agent_started_is_watched_once_it_exists(
