@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from certs import Issued, TestCA
@@ -33,11 +34,12 @@ from procs import (
     kill_tree,
     wait_port,
     write_json,
-    ycommand_json,
+    ycommand,
 )
 
 ECHO = CONFIGS / "echo-tls.json"
 DEBOUNCE = 0.2
+TOKEN = "cert-sync-test-token"
 
 
 def served_fingerprint(port: int) -> str:
@@ -180,10 +182,19 @@ class Layout:
 class SyncAgent:
     """A real agent on a temporary store, and the yunos it launched."""
 
-    def __init__(self, tmp: Path, store: Path, watch: bool = True, copy_cmd: str = "") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        store: Path,
+        watch: bool = True,
+        copy_cmd: str = "",
+        tls: tuple[TestCA, Path, Path] | None = None,
+        **global_kw: object,
+    ) -> None:
         self.tmp = tmp
         self.stamp = tmp / "last-deploy-hook-run"
         self.agent = Agent(tmp)
+        self.options: list[str] = []
         self.yunos: dict[str, tuple[int, int]] = {}  # name -> (port, pid)
         override = json.loads(self.agent.override.read_text())
         override["__json_config_variables__"].update(
@@ -194,7 +205,19 @@ class SyncAgent:
         override["global"] = {
             "agent.cert_sync_debounce_sec": DEBOUNCE,
             "agent.cert_sync_stamp_file": str(self.stamp),
+            **global_kw,
         }
+        if tls is not None:  # the agent's own port is wss:// with these files
+            ca, cert, key = tls
+            self.agent.url = f"wss://127.0.0.1:{self.agent.port}"
+            override["__json_config_variables__"]["agent_url"] = self.agent.url
+            override["global"]["C_IEVENT_SRV.crypto"] = {
+                "ssl_certificate": str(cert),
+                "ssl_certificate_key": str(key),
+            }
+            override["global"]["C_IEVENT_SRV.auth_tokens"] = [TOKEN]
+            cafile = ca.write_ca(tmp / "ca.pem")
+            self.options = ["--cafile", str(cafile), "-t", TOKEN]
         write_json(self.agent.override, override)
 
     @property
@@ -206,8 +229,11 @@ class SyncAgent:
         return self
 
     def cmd(self, command: str, wait: float = 30.0) -> dict:
-        rc, answer = ycommand_json(self.url, command, wait=wait)
-        return answer
+        """The envelope of `ycommand --json -c command` (the last one)."""
+        proc = ycommand(self.url, "-c", command, wait=wait, extra=["--json", *self.options])
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        assert lines, f"no answer: rc={proc.returncode} {proc.stdout!r} {proc.stderr!r}"
+        return json.loads(lines[-1])
 
     def status(self) -> dict:
         answer = self.cmd("cert-sync-status")
@@ -256,8 +282,8 @@ def ca() -> TestCA:
 def make_agent(tmp_path) -> Iterator[Callable[..., SyncAgent]]:
     made: list[SyncAgent] = []
 
-    def make(store: Path, **kw: object) -> SyncAgent:
-        agent = SyncAgent(tmp_path, store, **kw).start()  # type: ignore[arg-type]
+    def make(store: Path, **kw: Any) -> SyncAgent:
+        agent = SyncAgent(tmp_path, store, **kw).start()
         made.append(agent)
         return agent
 
@@ -615,3 +641,32 @@ def test_cert_watch_on_a_yuno_without_an_agent_reloads_from_a_data_swap(tmp_path
     ]
     assert any(r["msg"] == "watching certificate files" for r in lines)
     assert any(r["msg"] == "TLS certificates reloaded" for r in lines)
+
+
+def test_the_agents_own_wss_port_is_converged_too(tmp_path, ca, make_agent):
+    layout = Layout(tmp_path, "atomic-rename")
+    old, new = ca.issue(tmp_path / "a", "old"), ca.issue(tmp_path / "b", "new")
+    layout.install(old, first=True)
+    agent = make_agent(layout.store, tls=(ca, layout.cert, layout.key))
+    assert served_fingerprint(agent.agent.port) == fingerprint(old)
+    wait_for(lambda: agent.status()["watching"] == [str(layout.store)], timeout=10)
+    layout.install(new)
+    wait_for(lambda: served_fingerprint(agent.agent.port) == fingerprint(new), timeout=20)
+    rows = [r for t in agent.ticks() for r in t["listeners"] if r["action"] == "reloaded"]
+    assert [(r["yuno"], r["gobj"]) for r in rows] == [("yuneta_agent^agent", "__input_side__")]
+
+
+def test_cert_watch_on_the_agents_wss_port_reloads_it_without_cert_sync(tmp_path, ca, make_agent):
+    layout = Layout(tmp_path, "kubernetes")
+    old, new = ca.issue(tmp_path / "a", "old"), ca.issue(tmp_path / "b", "new")
+    layout.install(old, first=True)
+    agent = make_agent(
+        tmp_path / "unused-store",
+        tls=(ca, layout.cert, layout.key),
+        **{"agent.cert_sync_enabled": False, "C_IEVENT_SRV.cert_watch": True},
+    )
+    assert agent.status()["watch_note"] == "off: cert_sync_enabled is 0"
+    assert served_fingerprint(agent.agent.port) == fingerprint(old)
+    layout.install(new)
+    wait_for(lambda: served_fingerprint(agent.agent.port) == fingerprint(new), timeout=20)
+    assert agent.ticks() == []  # the listener did it by itself
