@@ -66,46 +66,52 @@ class Host:
     def hook(self) -> Path:
         return self.prefix / "etc" / "letsencrypt" / "renewal-hooks" / "deploy" / "reload-certs"
 
+    def start_agent(self, **variables: object) -> None:
+        """The agent from the installed config; `variables` override some of its values."""
+        config = self.prefix / "yuneta" / "agent" / "agent.json"
+        override = write_json(
+            self.workdir / "agent-override.json", {"__json_config_variables__": variables}
+        )
+        with open(self.workdir / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                yuneta_argv("run", "-f", str(config), "-f", str(override)),
+                stdout=log,
+                stderr=log,
+                env=child_env(),
+                cwd=self.workdir,
+            )
+        wait_port(int(self.agent_url.rsplit(":", 1)[1]), proc=self.agent)
+
     def live_serial(self, name: str = NAME) -> str:
         pem = (self.prefix / "etc" / "letsencrypt" / "live" / name / "cert.pem").read_bytes()
         return format(x509.load_pem_x509_certificate(pem).serial_number, "X")
 
 
 @pytest.fixture
-def installed(pebble: Pebble, tmp_path: Path) -> Host:
+def installed(pebble: Pebble, tmp_path: Path) -> Iterator[Host]:
     """`yuneta install --prefix` in tmp_path, for this user (nothing is added to /etc)."""
     prefix, port = tmp_path / "p", free_port()
     me = pwd.getpwuid(os.geteuid()).pw_name
     argv = ["--prefix", str(prefix), "--user", me, "--agent-url", f"ws://127.0.0.1:{port}"]
     install = subprocess.run(
-        yuneta_argv("install", *argv), capture_output=True, text=True, timeout=120, env=child_env()
+        yuneta_argv("install", *argv, "--metrics-port", "0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
     )
     assert install.returncode == 0, install.stderr
     certbot = Certbot(pebble, prefix / "etc" / "letsencrypt", tmp_path)
-    return Host(prefix, f"ws://127.0.0.1:{port}", None, certbot, tmp_path)
-
-
-@pytest.fixture
-def host(installed: Host) -> Iterator[Host]:
-    """The installed prefix with its agent running from the installed config."""
-    config = installed.prefix / "yuneta" / "agent" / "agent.json"
-    with open(installed.workdir / "agent.log", "ab") as log:
-        installed.agent = subprocess.Popen(
-            yuneta_argv("run", "-f", str(config)),
-            stdout=log,
-            stderr=log,
-            env=child_env(),
-            cwd=installed.workdir,
-        )
+    host = Host(prefix, f"ws://127.0.0.1:{port}", None, certbot, tmp_path)
     try:
-        wait_port(int(installed.agent_url.rsplit(":", 1)[1]), proc=installed.agent)
-        yield installed
+        yield host
     finally:
-        installed.agent.terminate()
-        try:
-            installed.agent.wait(20)
-        except subprocess.TimeoutExpired:
-            installed.agent.kill()
+        if host.agent is not None:
+            host.agent.terminate()
+            try:
+                host.agent.wait(20)
+            except subprocess.TimeoutExpired:
+                host.agent.kill()
 
 
 def run_echo_yuno(host: Host, name: str) -> tuple[int, int]:
@@ -155,8 +161,10 @@ def hook_runs(host: Host) -> list[str]:
 
 
 def test_certbot_issue_and_forced_renewal_reach_the_running_yuno_through_the_installed_hook(
-    host: Host, pebble: Pebble
+    installed: Host, pebble: Pebble
 ):
+    host = installed
+    host.start_agent(cert_sync_watch=False)  # layer 1 alone: the agent does not watch the store
     host.certbot.certonly(NAME, "--deploy-hook", str(host.hook))
     issued = host.live_serial()
     # The hook copied the new lineage into the store (no yuno ran yet to be told).
@@ -221,3 +229,79 @@ def test_a_certbot_lineage_with_an_unreadable_key_is_named_and_the_others_still_
     assert (host.certs / "private" / f"{NAME}.key").exists()
     assert not (host.certs / "locked.test.crt").exists()
     assert "PRIVATE KEY" not in proc.stdout + proc.stderr
+
+
+def cert_sync_status(host: Host) -> dict:
+    rc, answer = ycommand_json(host.agent_url, "cert-sync-status")
+    assert rc == 0 and answer["result"] == 0, answer
+    return answer["data"]
+
+
+def wait_for_serial(port: int, ctx: ssl.SSLContext, serial: str, within: float) -> float:
+    """Open sessions until one is served `serial`; the seconds that took (fails after `within`)."""
+    t0 = time.monotonic()
+    seen = ""
+    while time.monotonic() - t0 < within:
+        probe = Session(port, ctx)
+        seen = probe.serial
+        probe.close()
+        if seen == serial:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"still serving {seen}, not {serial}, after {within} s")
+
+
+def test_when_the_hook_cannot_reach_the_agent_or_does_not_fire_the_agents_sync_delivers(
+    installed: Host, pebble: Pebble
+):
+    host = installed
+    host.start_agent()  # layer 2 as installed: watch the store, copy with the installed script
+    host.certbot.certonly(NAME)  # no --deploy-hook: the store is the agent's to fill
+    rc, answer = ycommand_json(host.agent_url, "cert-sync-now")
+    assert rc == 0 and (host.certs / f"{NAME}.crt").exists(), answer
+    port, pid = run_echo_yuno(host, "echo_layer2")
+    try:
+        ctx = ssl.create_default_context(cadata=pebble.issuing_root().decode())
+        old = Session(port, ctx)
+        assert old.serial == host.live_serial()
+
+        # 1. The hook fires but its ycommand step cannot reach the agent.
+        nobody_listens = f"ws://127.0.0.1:{free_port()}"
+        renew_t0 = time.monotonic()
+        host.certbot.renew(env={"YUNETA_AGENT_URL": nobody_listens})
+        renew_took = time.monotonic() - renew_t0
+        first = host.live_serial()
+        log = host.hook_log.read_text()
+        assert "copy: ok" in log and "reload-yunos: FAILED" in log, log
+        stamp = int(host.stamp.read_text())
+        # The hook's copy changed the store; the agent's watch reloads the yuno in seconds.
+        by_watch = wait_for_serial(port, ctx, first, within=15)
+        assert by_watch < 10
+        status = cert_sync_status(host)
+        assert status["deploy_hook_last_run"] == stamp and status["last_result"] == "reloaded"
+
+        # 2. The hook does not fire at all (not executable: certbot skips it).
+        host.hook.chmod(0o644)
+        renewed_at = int(time.time())
+        host.certbot.renew()
+        second = host.live_serial()
+        assert second != first and int(host.stamp.read_text()) == stamp
+        assert (host.certs / f"{NAME}.crt").read_bytes() != (
+            host.prefix / "etc" / "letsencrypt" / "live" / NAME / "fullchain.pem"
+        ).read_bytes()  # nothing copied it yet
+        # The timer's tick (cert-sync-now runs the same) copies with the installed script.
+        rc, answer = ycommand_json(host.agent_url, "cert-sync-now")
+        assert rc == 0 and answer["data"]["changed"] == 1, answer
+        assert wait_for_serial(port, ctx, second, within=15) < 10
+        status = cert_sync_status(host)
+        # A stale stamp: the operator's hint that the hook stopped firing.
+        assert status["deploy_hook_last_run"] == stamp < renewed_at
+        assert old.echo(b"through both renewals\n") == b"through both renewals\n"
+        old.close()
+        print(
+            f"\ncertbot renew took {renew_took:.2f} s; layer 2 served the renewed serial "
+            f"{by_watch:.2f} s after it returned (the hook copies during certbot's run)"
+        )
+    finally:
+        ycommand_json(host.agent_url, "kill-yuno yuno_name=echo_layer2", wait=30)
+        kill_tree([pid])

@@ -25,6 +25,8 @@ needs_root = pytest.mark.skipif(not ROOT_RUN, reason="a real install needs root"
 
 def install(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     """Run `yuneta ARGS --prefix P` for real; (the process, P as seen from this test)."""
+    if "--metrics-port" not in args:  # 1992 may be taken: other suites run beside this one
+        args = (*args, "--metrics-port", "0")
     if ROOT_RUN:
         proc = as_host_root(tmp_path, *yuneta_argv(*args, "--prefix", "/mnt/p"))
         return proc, tmp_path / "mnt" / "p"
@@ -191,8 +193,15 @@ def test_dry_run_prints_every_action_of_the_real_run_and_changes_nothing(tmp_pat
 
 
 def test_the_installed_agent_config_starts_an_agent_that_answers(tmp_path):
-    port = free_port()
-    proc, prefix = install(tmp_path, "install", "--agent-url", f"ws://127.0.0.1:{port}")
+    port, metrics_port = free_port(), free_port()
+    proc, prefix = install(
+        tmp_path,
+        "install",
+        "--agent-url",
+        f"ws://127.0.0.1:{port}",
+        "--metrics-port",
+        str(metrics_port),
+    )
     assert proc.returncode == 0, proc.stderr
     config = prefix / "yuneta" / "agent" / "agent.json"
     agent = subprocess.Popen(
@@ -206,6 +215,14 @@ def test_the_installed_agent_config_starts_an_agent_that_answers(tmp_path):
         wait_port(port, proc=agent)
         rc, answer = ycommand_json(f"ws://127.0.0.1:{port}", "list-yunos")
         assert rc == 0 and answer["result"] == 0, answer
+        rc, status = ycommand_json(f"ws://127.0.0.1:{port}", "cert-sync-status")
+        assert rc == 0, status
+        inside = "/mnt/p" if ROOT_RUN else str(prefix)  # the paths the installed files name
+        assert status["data"]["store_dir"] == f"{inside}/yuneta/store/certs"
+        copy_script = f"{inside}/yuneta/store/certs/copy-certs.sh"
+        want = f"{shutil.which('sudo')} -n {copy_script}" if ROOT_RUN else copy_script
+        assert status["data"]["copy_cmd"] == want
+        wait_port(metrics_port, proc=agent)
     finally:
         agent.terminate()
         agent.wait(20)

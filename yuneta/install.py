@@ -24,6 +24,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from yuneta.persist import write_bytes_atomic
 
 USER = "yuneta"
 DEFAULT_AGENT_URL = "ws://127.0.0.1:1991"
+DEFAULT_METRICS_PORT = 1992
 TOOL_TIMEOUT = 60.0
 # Values written into the shell templates' defaults ("${VAR-value}") must stay inert there.
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_./:@%+=, -]*")
@@ -115,6 +117,7 @@ class Options:
     agent_url: str
     web_reload: str
     user: str  # runs the agent and ycommand, owns the store's copies
+    metrics_port: int  # 0: no metrics endpoint
     python: Path
     ycommand: Path
 
@@ -156,11 +159,44 @@ def set_shell_defaults(text: str, defaults: dict[str, str]) -> str:
     return text
 
 
+def copy_command(opts: Options) -> str:
+    """How the agent's sync runs the copy script: through sudo unless it already runs as root.
+
+    Not root, install makes the caller own everything, so the agent (the same user) runs the
+    script directly.
+    """
+    script = shlex.quote(str(opts.layout.copy_script))
+    if os.geteuid() != 0 or opts.user == "root":
+        return script
+    return f"{shutil.which('sudo') or '/usr/bin/sudo'} -n {script}"
+
+
 def agent_config(opts: Options) -> dict:
+    """configs/agent.json's shape, with this install's values as its variables.
+
+    Variables, so that `yuneta run -f agent.json -f overrides.json` can change one value
+    (a later file's `__json_config_variables__` merge over these).
+    """
     lay = opts.layout
+    variables = {
+        "agent_url": opts.agent_url,
+        "work_dir": str(lay.agent_work),
+        "metrics_enabled": opts.metrics_port != 0,
+        "metrics_address": "127.0.0.1",
+        "metrics_port": opts.metrics_port or DEFAULT_METRICS_PORT,
+        # layer 2, on this install's store, copy script and hook stamp
+        "cert_sync_store_dir": str(lay.certs),
+        "cert_sync_copy_cmd": copy_command(opts),
+        "cert_sync_stamp_file": str(lay.stamp),
+        "cert_sync_interval_sec": 900,
+        "cert_sync_watch": True,
+    }
+    agent_kw = {k: f"(^^{k}^^)" for k in variables if k.startswith("cert_sync_")}
+    metrics_kw = {"enabled": "(^^metrics_enabled^^)", "address": "(^^metrics_address^^)"}
     return {
+        "__json_config_variables__": variables,
         "environment": {
-            "work_dir": str(lay.agent_work),
+            "work_dir": "(^^work_dir^^)",
             "log_handlers": {"to_stderr": {"handler_type": "stderr"}},
         },
         "yuno": {"yuno_role": "yuneta_agent", "yuno_name": "agent"},
@@ -170,12 +206,18 @@ def agent_config(opts: Options) -> dict:
                 "gclass": "C_AGENT",
                 "as_service": True,
                 "default_service": True,
+                "kw": agent_kw,
                 "children": [
                     {
                         "name": "__input_side__",
                         "gclass": "C_IEVENT_SRV",
-                        "kw": {"url": opts.agent_url},
-                    }
+                        "kw": {"url": "(^^agent_url^^)"},
+                    },
+                    {
+                        "name": "__metrics__",
+                        "gclass": "C_METRICS",
+                        "kw": {**metrics_kw, "port": "(^^metrics_port^^)"},
+                    },
                 ],
             }
         ],
@@ -458,6 +500,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"runs the agent and owns the store's copies; created when missing (default {USER})",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"the agent's /metrics port on 127.0.0.1, 0 for none (default {DEFAULT_METRICS_PORT})",
+    )
+    p.add_argument(
         "--web-reload",
         default="",
         metavar="COMMAND",
@@ -479,7 +527,17 @@ def options_from(args: argparse.Namespace) -> Options:
         ycommand = Path(found)
     if not re.fullmatch(r"[a-z_][a-z0-9_-]*", args.user):
         raise InstallError(f"--user {args.user!r}: not a valid user name")
-    return Options(Layout(prefix), args.agent_url, args.web_reload, args.user, python, ycommand)
+    if not 0 <= args.metrics_port <= 65535:
+        raise InstallError(f"--metrics-port {args.metrics_port}: not a port number")
+    return Options(
+        Layout(prefix),
+        args.agent_url,
+        args.web_reload,
+        args.user,
+        args.metrics_port,
+        python,
+        ycommand,
+    )
 
 
 def main(verb: str, args: argparse.Namespace) -> int:
