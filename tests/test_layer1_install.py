@@ -276,3 +276,39 @@ def test_a_relative_prefix_is_one_line_error(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "yuneta install: --prefix relative/dir: must be an absolute path"
+
+
+@needs_root
+def test_the_installed_hook_copies_stamps_and_runs_ycommand_as_the_yuneta_user(tmp_path):
+    proc, prefix = install(tmp_path, "install")
+    assert proc.returncode == 0, proc.stderr
+    make_lineage(TestCA(), prefix / "etc" / "letsencrypt", "example.test")
+    # Stands in for ycommand (the yuneta user cannot run this test's Python, under /root):
+    # records who ran it and with what, where everyone can write.
+    record = tmp_path / "mnt" / "ycommand-record"
+    fake = tmp_path / "mnt" / "ycommand"
+    fake.write_text('#!/bin/sh\n{ id -un; printf "%s\\n" "$@"; } > /mnt/ycommand-record\n')
+    fake.chmod(0o755)
+    (tmp_path / "mnt").chmod(0o777)
+    hook = "/mnt/p/etc/letsencrypt/renewal-hooks/deploy/reload-certs"
+
+    run = as_host_root(
+        tmp_path, hook, env={"YUNETA_YCOMMAND": "/mnt/ycommand", "RENEWED_DOMAINS": "example.test"}
+    )
+
+    assert run.returncode == 0, (prefix / "var/log/yuneta/deploy-hook.log").read_text()
+    who, *argv = record.read_text().splitlines()
+    assert who == "yuneta"
+    assert argv == [
+        "-u",
+        "ws://127.0.0.1:1991",
+        "-w",
+        "30",
+        "-c",
+        "command-yuno command=reload-certs service=__yuno__",
+    ]
+    uid = int(passwd_entry(private_etc(tmp_path), "yuneta")[2])
+    assert (prefix / "yuneta/store/certs/example.test.crt").stat().st_uid == uid
+    assert (prefix / "var/lib/yuneta/last-deploy-hook-run").read_text().strip().isdigit()
+    log = (prefix / "var/log/yuneta/deploy-hook.log").read_text()
+    assert "RENEWED_DOMAINS=example.test" in log and "done: 0 step(s) failed" in log
