@@ -230,6 +230,56 @@ def live_memory(kind: str, cert: tuple[str, str], n: int, concurrency: int) -> f
         server.close()
 
 
+def instructions_per_handshake(kind: str, cert: tuple[str, str], m: int, work: Path) -> float:
+    """Server instructions (callgrind Ir, all libraries) per full handshake: deterministic
+    where wall-clock figures on a shared machine are not. Warm-up runs uninstrumented."""
+    out = work / f"callgrind-{kind}.out"
+    server_argv = (
+        ["-m", "bench.dtls", "--serve"]
+        if kind == "dtls"
+        else ["-m", "bench.server", "--mode", "netio"]
+    )
+    proc = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            *server_argv,
+            "--cert",
+            cert[0],
+            "--key",
+            cert[1],
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        port = int(proc.stdout.readline())  # type: ignore[union-attr]
+        warm = run_client(kind, port, "handshake", 20, 4)
+        expect(warm, "DONE")
+        warm.wait()
+        time.sleep(1.0)
+        control = ["callgrind_control", "-i"]
+        subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
+        c = run_client(kind, port, "handshake", m, 4)
+        expect(c, "DONE")
+        c.wait()
+        time.sleep(2.0)  # under valgrind the server is slow to finish closing
+        subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(120)
+    for line in out.read_text().splitlines():
+        if line.startswith("totals:"):  # "summary:" covers only the last dump's window
+            return int(line.split()[1]) / m
+    raise RuntimeError(f"no totals in {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -243,6 +293,13 @@ def main() -> None:
     ap.add_argument("--handshakes", type=int, default=1000, help="handshakes per figure")
     ap.add_argument("--concurrency", type=int, default=16, help="handshakes in flight")
     ap.add_argument("--rounds", type=int, default=3, help="alternating DTLS/TCP rounds")
+    ap.add_argument(
+        "--callgrind",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also count server instructions per handshake over M handshakes (valgrind)",
+    )
     args = ap.parse_args()
     if args.serve:
         serve(args.cert, args.key)
@@ -265,6 +322,11 @@ def main() -> None:
                 samples[kind]["rss"].append(
                     live_memory(kind, cert, args.sessions, args.concurrency)
                 )
+        instructions = (
+            {k: instructions_per_handshake(k, cert, args.callgrind, Path(tmp)) for k in samples}
+            if args.callgrind
+            else {}
+        )
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in samples.items()}
     print(f"\nmedians of {args.rounds} alternating rounds (load average {os.getloadavg()[0]:.1f})")
     print(f"{'metric':62} {'DTLS (udps)':>12} {'TLS (tcps)':>12} {'ratio':>7}")
@@ -282,6 +344,10 @@ def main() -> None:
         f"{capacity['dtls']:>12.0f} {capacity['tcp']:>12.0f} "
         f"{capacity['dtls'] / capacity['tcp']:>6.2f}x"
     )
+    if instructions:
+        d, t = instructions["dtls"] / 1e6, instructions["tcp"] / 1e6
+        label = f"server instructions per handshake, millions (callgrind, {args.callgrind})"
+        print(f"{label:62} {d:>12.2f} {t:>12.2f} {d / t:>6.2f}x")
 
 
 if __name__ == "__main__":
