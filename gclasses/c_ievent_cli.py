@@ -61,7 +61,7 @@ class CIEventCli(GObj):
                 yuno_name=root["yuno_name"],
                 src_service=root["yuno_role"],
                 dst_role=self.attrs["dst_role"],
-                user=ievent.local_user(),
+                user=ievent.CARD_USER,
                 pid=os.getpid(),
                 jwt=self.attrs["jwt"] or None,
             )

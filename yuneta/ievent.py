@@ -15,8 +15,8 @@ c_ievent_cli.c, c_ievent_srv.c); docs/wire-protocol.md lists the facts and our d
 from __future__ import annotations
 
 import copy
-import getpass
 import json
+import os
 import socket
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -52,6 +52,8 @@ __all__ = [
     "md_yuno",
     "build_identity_card",
     "check_identity_card",
+    "validate_identity_card",
+    "CARD_USER",
     "build_identity_card_ack",
     "build_command",
     "build_command_answer",
@@ -400,6 +402,95 @@ def card_gate(kw: Mapping[str, Any]) -> Gate | None:
 ServicesLookup = Callable[[str], bool] | Collection[str]
 AuthHook = Callable[[Mapping[str, Any]], tuple[int, str]]
 
+#: The ``user`` our ycommand and yunos put in identity cards, as the C tools always do (the C
+#: agent refuses any other user without a JWT). It is a claim, never trusted: our agent
+#: identifies a local peer from the kernel (`yuneta.peercred`).
+CARD_USER = "yuneta"
+
+# Limits of an identity card's fields, checked before anything in it is used or stored.
+MAX_NAME = 128  # roles, names, ids, services, user, host
+MAX_TEXT = 4096  # any other string (versions, dates, config paths)
+MAX_JWT = 16384
+MAX_LIST = 64  # config_files, required_services
+_NAME_FIELDS = ("yuno_role", "yuno_name", "yuno_id", "yuno_tag", "username")
+_TEXT_FIELDS = (
+    "yuno_version",
+    "yuno_release",
+    "yuneta_version",
+    "yuno_startdate",
+    "id",
+    "yuno_secret",
+)
+_INT_FIELDS = ("watcher_pid", "launch_id")
+_LIST_FIELDS = ("config_files", "required_services")
+_YUNO_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_string(where: str, value: Any, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return f"'{where}' must be a string, not {type(value).__name__}"
+    if len(value) > limit:
+        return f"'{where}' is longer than {limit} characters"
+    return None
+
+
+def validate_identity_card(kw: Mapping[str, Any]) -> str | None:
+    """Why an identity card is malformed, or None when every field has its type and size.
+
+    Runs before any other check and before anything of the card is stored: ``pid`` a
+    positive int; names (role, name, id, user, the gate record) strings of at most
+    ``MAX_NAME`` characters; other strings at most ``MAX_TEXT``; lists of at most
+    ``MAX_LIST`` such strings; a non-empty ``yuno_id`` made of letters, digits, ``_ . -``
+    (it names files of the agent). Missing optional fields are fine. Never raises.
+    """
+    if "pid" in kw and (not _is_int(kw["pid"]) or kw["pid"] <= 0):
+        return f"'pid' must be a positive integer, not {kw['pid']!r:.40}"
+    for name in _INT_FIELDS:
+        if name in kw and not _is_int(kw[name]):
+            return f"'{name}' must be an integer, not {type(kw[name]).__name__}"
+    if "playing" in kw and not isinstance(kw["playing"], (bool, int)):
+        return f"'playing' must be a boolean, not {type(kw['playing']).__name__}"
+    limits = {**dict.fromkeys(_NAME_FIELDS, MAX_NAME), **dict.fromkeys(_TEXT_FIELDS, MAX_TEXT)}
+    for name, limit in {**limits, "jwt": MAX_JWT}.items():
+        if name in kw and (reason := _bad_string(name, kw[name], limit)):
+            return reason
+    yuno_id = kw.get("yuno_id", "")
+    if yuno_id and (yuno_id[0] == "." or not set(yuno_id) <= _YUNO_ID_CHARS):
+        return "'yuno_id' may only hold letters, digits, '_', '.', '-' and not start with '.'"
+    for name in _LIST_FIELDS:
+        if name not in kw:
+            continue
+        items = kw[name]
+        if not isinstance(items, list) or len(items) > MAX_LIST:
+            return f"'{name}' must be a list of at most {MAX_LIST} strings"
+        for i, item in enumerate(items):
+            if reason := _bad_string(f"{name}[{i}]", item, MAX_TEXT):
+                return reason
+    md = kw.get("__md_iev__")
+    if md is not None:
+        if not isinstance(md, Mapping):
+            return "'__md_iev__' must be an object"
+        stack = md.get(IEVENT_STACK_ID)
+        if stack is not None:
+            if not isinstance(stack, list) or not 1 <= len(stack) <= MAX_LIST:
+                return f"'{IEVENT_STACK_ID}' must be a list of 1 to {MAX_LIST} records"
+            if not isinstance(stack[0], Mapping):
+                return f"'{IEVENT_STACK_ID}[0]' must be an object"
+            for name in Gate.__dataclass_fields__:
+                # The C ycommand names its src_service after the agent's URL: a text.
+                limit = MAX_TEXT if name == "src_service" else MAX_NAME
+                value = stack[0].get(name, "")
+                if reason := _bad_string(f"{IEVENT_STACK_ID}[0].{name}", value, limit):
+                    return reason
+    for name in Gate.__dataclass_fields__:  # the flat form (no stack)
+        if name in kw and (reason := _bad_string(name, kw[name], MAX_NAME)):
+            return reason
+    return None
+
 
 def _has_service(services: ServicesLookup, name: str) -> bool:
     if callable(services):
@@ -424,6 +515,9 @@ def check_identity_card(
     names, compared case-insensitively); then ``auth(kw)`` returns ``(result, comment)``
     (it sees ``jwt``). Returns ``(0, comment)`` or ``(negative, reason)``.
     """
+    malformed = validate_identity_card(kw)
+    if malformed is not None:
+        return -1, f"Identity card refused: {malformed}"
     gate = card_gate(kw)
     if gate is None:
         return -1, "Identity card without ievent_gate_stack"
@@ -653,14 +747,6 @@ class AnswerDropped:
 # ---------------------------------------------------------------------------
 
 
-def local_user() -> str:
-    """The login name an identity card carries as `user` ("" when it cannot be told)."""
-    try:
-        return getpass.getuser()
-    except Exception:
-        return ""
-
-
 def _hostname() -> str:
     try:
         return socket.gethostname()
@@ -860,9 +946,9 @@ class ClientSession:
         dst_role: str = "yuneta_agent",
         dst_yuno: str = "",
         dst_service: str = DEFAULT_SERVICE,
-        user: str = "",
+        user: str = CARD_USER,
         host: str | None = None,
-        pid: int = 0,
+        pid: int | None = None,
         jwt: str | None = None,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
@@ -874,7 +960,7 @@ class ClientSession:
         self.dst_service = dst_service
         self.user = user
         self.host = _hostname() if host is None else host
-        self.pid = pid
+        self.pid = os.getpid() if pid is None else pid
         self.jwt = jwt
         self.max_frame_size = max_frame_size
         self.state = ST_DISCONNECTED

@@ -465,7 +465,7 @@ class Shell:
             dst_role=opts.yuno_role,
             dst_yuno=opts.yuno_name,
             dst_service=opts.service,
-            user=ievent.local_user(),
+            user=ievent.CARD_USER,
             pid=os.getpid(),
             jwt=opts.token or None,
         )
