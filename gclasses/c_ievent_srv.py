@@ -8,7 +8,15 @@ the parent can command them (the agent commands its yunos this way).
 
 Security: a plain `ws://` URL may only bind a loopback address. Any other address needs
 `wss://` (a certificate, reloadable like any TLS listener) and at least one token in
-`auth_tokens`, which clients present in the identity card's `jwt`.
+`auth_tokens`, which clients present in the identity card's `jwt`: at least
+`min_token_length` characters, compared in constant time, and an address that keeps failing
+waits longer and longer before its next attempt is even checked (`yuneta.backoff`).
+
+On a loopback URL the identity card's `user` is never believed: the kernel says which local
+UID owns the client's socket (`yuneta.peercred`), and only this process's own UID, root,
+members of `allowed_groups` and `allowed_uids` get a positive ACK. A refusal is answered
+(-1 and the reason) and logged once per connection, at most once a minute per UID (wsio).
+The parent may add its own checks on cards (`add_card_check`): they run before the ACK.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
-from yuneta import ievent
+from yuneta import ievent, peercred
+from yuneta.backoff import FailureBackoff
 from yuneta.errors import AttrError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
@@ -44,6 +53,15 @@ GCLASS = GClassDef(
             [],
             "Tokens accepted in the identity card's jwt (never shown)",
         ),
+        Attr("int", "min_token_length", Flag.RD, 16, "Shortest token accepted in auth_tokens"),
+        Attr(
+            "list",
+            "allowed_groups",
+            Flag.RD,
+            ["yuneta"],
+            "Local groups whose members may command (loopback URL); plus root and our own UID",
+        ),
+        Attr("list", "allowed_uids", Flag.RD, [], "Other local UIDs that may command (loopback)"),
         Attr("int", "max_frame_size", Flag.RD, 1048576, "Largest accepted frame, bytes"),
         Attr("str", "lHost", Flag.RD, "", "Host listening on"),
         Attr("int", "lPort", Flag.RD, 0, "Port listening on"),
@@ -62,6 +80,9 @@ GCLASS = GClassDef(
 
 HIDDEN = "********"
 
+#: A parent's check of an accepted card: (channel, card) -> (result, comment).
+CardCheck = Callable[[Channel, Mapping[str, Any]], tuple[int, str]]
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -78,6 +99,20 @@ class CIEventSrv(TlsListener, GObj):
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
+        shortest = attrs["min_token_length"]
+        for i, token in enumerate(attrs["auth_tokens"]):
+            if not isinstance(token, str) or len(token) < shortest:
+                raise AttrError(
+                    GCLASS.name,
+                    "auth_tokens",
+                    f"token #{i + 1} is shorter than min_token_length ({shortest} characters)",
+                )
+        for uid in attrs["allowed_uids"]:
+            if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+                raise AttrError(GCLASS.name, "allowed_uids", f"{uid!r} is not a UID")
+        for group in attrs["allowed_groups"]:
+            if not isinstance(group, (str, int)) or isinstance(group, bool):
+                raise AttrError(GCLASS.name, "allowed_groups", f"{group!r} is not a group")
         try:
             _scheme, host, _port, use_ssl = parse_url(attrs["url"], ("ws", "wss"))
         except ValueError as exc:
@@ -105,6 +140,12 @@ class CIEventSrv(TlsListener, GObj):
         self.attrs["auth_tokens"] = [HIDDEN] * len(self._auth_tokens)
         self.server: WsServer | None = None
         self._listeners: list[tuple[Callable[[Channel], None], Callable[[Channel], None]]] = []
+        self._card_checks: list[CardCheck] = []
+        self._loopback = _is_loopback(host)
+        self._admission = peercred.Admission.of(
+            self.attrs["allowed_groups"], self.attrs["allowed_uids"]
+        )
+        self._backoff = FailureBackoff()
 
     def add_channel_listener(
         self, on_open: Callable[[Channel], None], on_close: Callable[[Channel], None]
@@ -112,6 +153,11 @@ class CIEventSrv(TlsListener, GObj):
         """Call on_open / on_close (in the I/O loop thread: thread-safe, cheap) for every peer
         whose identity card is accepted, and when it goes."""
         self._listeners.append((on_open, on_close))
+
+    def add_card_check(self, check: CardCheck) -> None:
+        """Run `check(channel, card) -> (result, comment)` on every card that passed the
+        listener's own checks, before the ACK (I/O loop thread); a negative result refuses it."""
+        self._card_checks.append(check)
 
     def _opened(self, channel: Channel) -> None:
         for on_open, _ in list(self._listeners):
@@ -128,14 +174,14 @@ class CIEventSrv(TlsListener, GObj):
         root = self.runtime.root.attrs
         runtime = self.runtime
 
-        def session() -> ievent.ServerSession:
+        def session(channel: Channel) -> ievent.ServerSession:
             return ievent.ServerSession(
                 yuno_role=root["yuno_role"],
                 yuno_name=root["yuno_name"],
                 yuno_id=root["yuno_id"],
                 realm_name=root["realm_name"],
                 services=lambda name: runtime.find_service(name) is not None,
-                auth=self._auth if self._auth_tokens else None,
+                auth=lambda card: self._admit(channel, card),
                 channel_name=self.name,
                 max_frame_size=self.attrs["max_frame_size"],
             )
@@ -181,12 +227,50 @@ class CIEventSrv(TlsListener, GObj):
         """The token a yuno launched by this yuno's agent presents (the first one), or ""."""
         return self._auth_tokens[0] if self._auth_tokens else ""
 
-    def _auth(self, card: Mapping[str, Any]) -> tuple[int, str]:
+    def _admit(self, channel: Channel, card: Mapping[str, Any]) -> tuple[int, str]:
+        """The last check of a card (I/O loop thread): who the peer is, then its token, then
+        the parent's checks. On success the card is the channel's (its close is reported)."""
+        if self._loopback:
+            result, comment = self._admit_local(channel)
+            if result < 0:
+                return result, comment
+        if self._auth_tokens:
+            result, comment = self._check_token(channel, card)
+            if result < 0:
+                return result, comment
+        for check in self._card_checks:
+            result, comment = check(channel, card)
+            if result < 0:
+                return result, comment
+        channel.card = dict(card)
+        return 0, "Identity card accepted"
+
+    def _admit_local(self, channel: Channel) -> tuple[int, str]:
+        ws = channel.ws
+        try:
+            uid = peercred.socket_uid(ws.remote_address[:2], ws.local_address[:2])
+        except (OSError, TypeError, ValueError) as exc:
+            return -1, f"Permission denied: cannot tell which local user is connecting ({exc})"
+        channel.uid = uid
+        if self._admission.admits(uid):
+            return 0, ""
+        user = peercred.user_name(uid)
+        return -1, f"Permission denied: local user '{user}' (uid {uid}) may not command this yuno"
+
+    def _check_token(self, channel: Channel, card: Mapping[str, Any]) -> tuple[int, str]:
+        address = channel.peer.rsplit(":", 1)[0]
+        wait = self._backoff.wait_left(address)
+        if wait > 0:
+            return -1, f"Too many failed attempts from {address}: next one checked in {wait:.1f} s"
         token = card.get("jwt")
         if isinstance(token, str) and token:
-            for accepted in self._auth_tokens:
-                if hmac.compare_digest(token.encode(), accepted.encode()):
-                    return 0, "Identity card accepted"
+            given = token.encode()
+            # Compare with every token, always: the time taken tells nothing about which.
+            matches = [hmac.compare_digest(given, t.encode()) for t in self._auth_tokens]
+            if any(matches):
+                self._backoff.succeeded(address)
+                return 0, ""
+        self._backoff.failed(address)
         return -1, "Authentication failed: a valid token is required"
 
     def _on_command(self, channel: Channel, line: str, kw: dict, service: str, extra: dict) -> dict:

@@ -354,12 +354,12 @@ def test_yunos_join_a_wss_agent_that_requires_a_token(tmp_path):
             "__json_config_variables__": {"agent_url": url, "work_dir": str(tmp_path / "agent")},
             "global": {
                 "C_IEVENT_SRV.crypto": leaf.crypto(),
-                "C_IEVENT_SRV.auth_tokens": ["t0ken"],
+                "C_IEVENT_SRV.auth_tokens": ["t0ken-t0ken-t0ken"],
                 "C_AGENT.yunos_cafile": str(cafile),
             },
         },
     ).start()
-    opts = ["--cafile", str(cafile), "-t", "t0ken"]
+    opts = ["--cafile", str(cafile), "-t", "t0ken-t0ken-t0ken"]
     try:
         issued = ca.issue(tmp_path / "c", "inner")
         run = ycommand(

@@ -31,7 +31,7 @@ from yuneta import ievent
 from yuneta.wsio import IDENTITY_TIMEOUT
 
 MAX_FRAME = 4096
-TOKEN = "s3cret"
+TOKEN = "s3cret-s3cret-s3cret"
 MD_YUNO_KEYS = {"realm_name", "yuno_role", "yuno_name", "yuno_id"}
 GATE_KEYS = {
     "dst_yuno",

@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,7 @@ from yuneta.netio import IOLoop
 CommandHandler = Callable[["Channel", str, dict, str, dict], dict]
 
 IDENTITY_TIMEOUT = 10.0
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class Channel:
@@ -49,6 +51,9 @@ class Channel:
         self.id = next(Channel._ids)
         self.card: dict[str, Any] = {}
         self.peer = _peer(ws)
+        #: Set by the server's admission check: the peer's local UID, when the kernel told it.
+        self.uid: int | None = None
+        self.refusal_logged = False
         self._pending: dict[Any, asyncio.Future[dict]] = {}
         self._msg_ids = itertools.count(1)
 
@@ -137,7 +142,7 @@ class WsServer:
         port: int,
         *,
         owner: str,
-        session_factory: Callable[[], ievent.ServerSession],
+        session_factory: Callable[[Channel], ievent.ServerSession],
         on_command: CommandHandler,
         on_open: Callable[[Channel], None] | None = None,
         on_close: Callable[[Channel], None] | None = None,
@@ -156,6 +161,7 @@ class WsServer:
         self.max_frame_size = max_frame_size
         self.channels: set[Channel] = set()
         self._server: Server | None = None
+        self._refusals: dict[Any, tuple[float, int]] = {}
         # Commands may wait on actors that wait on other yunos: give them their own
         # threads, so a few slow ones cannot starve the loop's default executor.
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -204,8 +210,8 @@ class WsServer:
             self._server = None
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = self.session_factory()
         channel = Channel(ws, self.owner)
+        session = self.session_factory(channel)
         self.channels.add(channel)
         opened = False
         tasks: set[asyncio.Task] = set()
@@ -254,19 +260,12 @@ class WsServer:
                             peer=channel.peer,
                             src_role=item.client.src_role,
                             src_yuno=item.client.src_yuno,
-                            user=item.client.user,
+                            uid=channel.uid,
                         )
                         if self.on_open is not None:
                             self.on_open(channel)
                     elif isinstance(item, ievent.IdentityRefused):
-                        log(
-                            "warning",
-                            self.owner,
-                            "identity card refused",
-                            peer=channel.peer,
-                            result=item.result,
-                            comment=item.comment,
-                        )
+                        self._log_refusal(channel, item)
                     elif isinstance(item, ievent.CommandRequest):
                         last = in_order(self._run_command(session, channel, item, last))
                     elif isinstance(item, ievent.EventReceived):
@@ -311,8 +310,36 @@ class WsServer:
             session.connection_lost()
             channel.connection_lost()
             self.channels.discard(channel)
-            if opened and self.on_close is not None:
+            # An admission check may have registered the peer before the ACK went out.
+            if (opened or channel.card) and self.on_close is not None:
                 self.on_close(channel)
+
+    def _log_refusal(self, channel: Channel, refused: ievent.IdentityRefused) -> None:
+        """Once per connection, and at most once a minute per local UID (or address when
+        the UID is unknown): a refused peer retrying on new connections cannot flood the log."""
+        if channel.refusal_logged:
+            return
+        channel.refusal_logged = True
+        who = channel.uid if channel.uid is not None else channel.peer.rsplit(":", 1)[0]
+        key = (who, refused.comment)
+        now = time.monotonic()
+        last, suppressed = self._refusals.get(key, (-REFUSAL_LOG_INTERVAL, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[key] = (last, suppressed + 1)
+            return
+        if len(self._refusals) >= 4096:
+            self._refusals.clear()
+        self._refusals[key] = (now, 0)
+        log(
+            "warning",
+            self.owner,
+            "identity card refused",
+            peer=channel.peer,
+            uid=channel.uid,
+            result=refused.result,
+            comment=refused.comment,
+            suppressed=suppressed,
+        )
 
     async def _send_after(self, previous: asyncio.Task, channel: Channel, text: str) -> None:
         await asyncio.wait([previous])
