@@ -29,8 +29,8 @@ class FailureBackoff:
     def __init__(
         self,
         *,
-        free_failures: int = 3,
-        first_delay: float = 0.5,
+        free_failures: int = 5,
+        first_delay: float = 0.25,
         max_delay: float = 60.0,
         forget_after: float = 600.0,
         max_addresses: int = 4096,
