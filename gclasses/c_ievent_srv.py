@@ -21,6 +21,7 @@ The parent may add its own checks on cards (`add_card_check`): they run before t
 
 from __future__ import annotations
 
+import concurrent.futures
 import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
@@ -63,6 +64,14 @@ GCLASS = GClassDef(
         ),
         Attr("list", "allowed_uids", Flag.RD, [], "Other local UIDs that may command (loopback)"),
         Attr("int", "max_frame_size", Flag.RD, 1048576, "Largest accepted frame, bytes"),
+        Attr(
+            "int",
+            "max_inflight",
+            Flag.RD,
+            64,
+            "Commands in flight per connection; beyond, the connection is not read until "
+            "answers drain",
+        ),
         Attr("str", "lHost", Flag.RD, "", "Host listening on"),
         Attr("int", "lPort", Flag.RD, 0, "Port listening on"),
         Attr("int", "clients", Flag.RSTATS, 0, "Connections open now"),
@@ -197,6 +206,7 @@ class CIEventSrv(TlsListener, GObj):
             on_close=self._closed,
             ssl_context=self.ytls.get_context if self.ytls else None,
             max_frame_size=self.attrs["max_frame_size"],
+            max_inflight=self.attrs["max_inflight"],
         )
         self.attrs["lPort"] = self.server.start()
         self.log(
@@ -273,7 +283,10 @@ class CIEventSrv(TlsListener, GObj):
         self._backoff.failed(address)
         return -1, "Authentication failed: a valid token is required"
 
-    def _on_command(self, channel: Channel, line: str, kw: dict, service: str, extra: dict) -> dict:
-        """Run a received command on its service (worker thread; asks the service's actor)."""
+    def _on_command(
+        self, channel: Channel, line: str, kw: dict, service: str, extra: dict
+    ) -> dict | concurrent.futures.Future:
+        """Run a received command on its service (worker thread; asks the service's actor).
+        A handler's Future goes back to the loop to be awaited there, not in this thread."""
         assert self.runtime is not None
-        return self.runtime.route_command(line, kw, service=service, src=self)
+        return self.runtime.submit_routed_command(line, kw, service=service, src=self)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pykka
 from transitions import Machine
 
-from yuneta.command import build_kw, envelope, error_envelope, split_command
+from yuneta.command import build_kw, envelope, error_envelope, split_command, then
 from yuneta.errors import AttrError, CommandError, GClassError, ParseError
 from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, coerce
 from yuneta.log import log
@@ -478,14 +478,25 @@ class GObj:
         an envelope with a negative result.
         """
         try:
-            answer = self._call(self._command, line, dict(kw or {}), src)
+            answer = self.submit_command(line, kw, src)
             if isinstance(answer, concurrent.futures.Future):
-                answer = _normalize(answer.result(timeout))
+                answer = answer.result(timeout)
             return answer
         except concurrent.futures.TimeoutError:
             return envelope(-1, f"{self.name}: no answer within {timeout:g} s")
         except Exception as exc:
             return error_envelope(exc)
+
+    def submit_command(
+        self, line: str, kw: dict | None = None, src: GObj | None = None
+    ) -> dict | concurrent.futures.Future:
+        """`command` without the wait: the envelope, or a Future of it when the handler
+        waits for something. A caller on an event loop awaits that Future instead of holding
+        a thread for it (a command to a stopped yuno then costs a timer, not a thread)."""
+        answer = self._call(self._command, line, dict(kw or {}), src)
+        if isinstance(answer, concurrent.futures.Future):
+            return then(answer, _normalize)
+        return answer
 
     def find_command(self, name: str) -> Command | None:
         key = name.lower()

@@ -8,6 +8,7 @@ that owns every socket (started on first use). `run_yuno` is what `yuneta run` c
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import threading
@@ -144,15 +145,30 @@ class YunoRuntime:
         A target that does not exist is a -1 envelope naming it. Blocks until the target
         answers: call it from a worker thread or another gobj's actor, never the I/O loop.
         """
+        target = self._route_target(service, gobj)
+        return target.command(line, kw, src=src) if isinstance(target, GObj) else target
+
+    def submit_routed_command(
+        self,
+        line: str,
+        kw: dict[str, Any] | None = None,
+        *,
+        service: str = "",
+        gobj: str = "",
+        src: GObj | None = None,
+    ) -> dict | concurrent.futures.Future:
+        """`route_command` without the wait: a handler that waits gives its Future
+        (`GObj.submit_command`), for a caller on an event loop to await, holding no thread."""
+        target = self._route_target(service, gobj)
+        return target.submit_command(line, kw, src=src) if isinstance(target, GObj) else target
+
+    def _route_target(self, service: str, gobj: str) -> GObj | dict:
+        """The gobj a routed command goes to, or the -1 envelope naming what is missing."""
         if gobj:
             target = self.find_gobj(gobj)
-            if target is None:
-                return envelope(-1, f"gobj '{gobj}' not found in this yuno")
-        else:
-            target = self.find_service(service or DEFAULT_SERVICE)
-            if target is None:
-                return envelope(-1, f"Service not found: '{service}'")
-        return target.command(line, kw, src=src)
+            return target or envelope(-1, f"gobj '{gobj}' not found in this yuno")
+        target = self.find_service(service or DEFAULT_SERVICE)
+        return target or envelope(-1, f"Service not found: '{service}'")
 
     # ----- persistence --------------------------------------------------------------
 

@@ -2,8 +2,11 @@
 
 `WsServer` accepts connections (any path, no subprotocol) and runs one
 `ievent.ServerSession` per connection: identity cards are checked there, commands are run
-through the `on_command` callback in a worker thread (it may ask actors and wait), and
-answers go back on the same connection. A server may also *send* commands to a connected
+through the `on_command` callback in a worker thread (it asks an actor; a handler that must
+wait hands back a Future, awaited here on the loop, so a slow yuno holds no thread), and
+answers go back on the same connection. Each connection has at most `max_inflight` commands
+(and queued answers) in flight: beyond that the server stops reading it until answers
+drain, so a client that sends without reading fills its own socket, not our memory. A server may also *send* commands to a connected
 peer (the agent commanding a yuno): `Channel.request` sends an EV_MT_COMMAND with a
 `msg_id` and waits for the matching answer.
 
@@ -33,10 +36,15 @@ from yuneta.command import envelope
 from yuneta.log import log
 from yuneta.netio import IOLoop
 
-#: on_command(channel, command_line, kw, service, extra) -> envelope; runs in a worker thread.
-CommandHandler = Callable[["Channel", str, dict, str, dict], dict]
+#: on_command(channel, command_line, kw, service, extra) -> envelope, or a Future of it;
+#: runs in a worker thread.
+CommandHandler = Callable[["Channel", str, dict, str, dict], "dict | concurrent.futures.Future"]
 
 IDENTITY_TIMEOUT = 10.0
+#: Commands (and answers waiting to go out) per connection before we stop reading it.
+MAX_INFLIGHT = 64
+#: The longest a command's Future is awaited (GObj.command's own bound).
+COMMAND_WAIT = 60.0
 REFUSAL_LOG_INTERVAL = 60.0
 
 
@@ -61,12 +69,23 @@ class Channel:
         await self.ws.send(ievent.encode_frame(event, kw))
 
     async def request(
-        self, command_line: str, kw: Mapping[str, Any], gate: ievent.Gate, timeout: float
+        self,
+        command_line: str,
+        kw: Mapping[str, Any],
+        gate: ievent.Gate,
+        timeout: float,
+        max_pending: int | None = None,
     ) -> dict:
         """Send an EV_MT_COMMAND to the peer and return its answer's envelope.
 
-        A peer that does not answer within `timeout` gives a -1 envelope saying so.
+        A peer that does not answer within `timeout` gives a -1 envelope saying so; with
+        `max_pending` requests already waiting for this peer, a -1 at once (a stopped peer
+        must not collect an unbounded pile of waiters).
         """
+        if max_pending is not None and len(self._pending) >= max_pending:
+            return envelope(
+                -1, f"Too many commands in flight ({max_pending}) to this yuno: try again later"
+            )
         msg_id = f"{self.id}-{next(self._msg_ids)}"
         future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = future
@@ -117,15 +136,17 @@ def request_all(
     command: str,
     params: Mapping[str, Any],
     timeout: float,
+    max_pending: int | None = None,
 ) -> concurrent.futures.Future[list[dict]]:
     """Send `command` to every channel at once (from any thread but the loop's); a Future of
-    their envelopes, in order. A missing channel answers -1 "Not connected"."""
+    their envelopes, in order. A missing channel answers -1 "Not connected"; one with
+    `max_pending` requests already waiting answers -1 at once."""
 
     async def ask_all() -> list[dict]:
         async def ask(channel: Channel | None, gate: ievent.Gate) -> dict:
             if channel is None:
                 return envelope(-1, "Not connected")
-            return await channel.request(command, params, gate, timeout)
+            return await channel.request(command, params, gate, timeout, max_pending)
 
         return list(await asyncio.gather(*(ask(c, g) for c, g in calls)))
 
@@ -148,6 +169,7 @@ class WsServer:
         on_close: Callable[[Channel], None] | None = None,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         max_frame_size: int = ievent.DEFAULT_MAX_FRAME_SIZE,
+        max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self.ioloop = ioloop
         self.host = host
@@ -159,6 +181,7 @@ class WsServer:
         self.on_close = on_close
         self.ssl_context = ssl_context
         self.max_frame_size = max_frame_size
+        self.max_inflight = max(1, max_inflight)
         self.channels: set[Channel] = set()
         self._server: Server | None = None
         self._refusals: dict[Any, tuple[float, int]] = {}
@@ -229,6 +252,10 @@ class WsServer:
         deadline = loop.time() + IDENTITY_TIMEOUT
         try:
             while True:
+                # Backpressure: with max_inflight answers pending, read nothing more from
+                # this peer until one is sent (its frames wait in its socket, not here).
+                while len(tasks) >= self.max_inflight:
+                    await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
                 # The card must arrive within IDENTITY_TIMEOUT of the connection, whatever else
                 # (junk, refused cards) the peer sends meanwhile: no unidentified squatters.
                 timeout = None if opened else max(0.0, deadline - loop.time())
@@ -366,6 +393,11 @@ class WsServer:
                 request.service,
                 {},
             )
+            if isinstance(answer, concurrent.futures.Future):
+                answer = await asyncio.wait_for(asyncio.wrap_future(answer), COMMAND_WAIT)
+            envelope = answer
+        except TimeoutError:
+            envelope = envelope(-1, f"No answer within {COMMAND_WAIT:g} s")
         except Exception as exc:
             log(
                 "error",
