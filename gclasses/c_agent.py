@@ -21,11 +21,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gclasses import yuno_identity
 from gclasses.cert_sync import CertSync, YunoTarget
 from gclasses.cert_sync import check_attrs as check_cert_sync_attrs
 from yuneta import ievent
@@ -63,6 +64,21 @@ GCLASS = GClassDef(
             "Seconds a yuno has to stop before SIGKILL",
         ),
         Attr("str", "yunos_cafile", Flag.RD, "", "CA file launched yunos trust for a wss:// agent"),
+        Attr(
+            "str",
+            "yuno_secrets_dir",
+            Flag.RD,
+            "",
+            "Operator-provided secrets of yunos started by hand, <id>.secret "
+            "(empty: <work_dir>/yuno-secrets)",
+        ),
+        Attr(
+            "int",
+            "max_yuno_inflight",
+            Flag.RD | Flag.WR,
+            32,
+            "Commands waiting for one yuno's answer; beyond, command-yuno answers -1 at once",
+        ),
         Attr(
             "int",
             "check_msec",
@@ -202,6 +218,7 @@ YUNO_SCHEMA = [
     {"id": "running", "header": "Running", "fillspace": 8},
     {"id": "connected", "header": "Connected", "fillspace": 10},
     {"id": "launched", "header": "Launched", "fillspace": 9},
+    {"id": "verified", "header": "Verified", "fillspace": 9},
     {"id": "config", "header": "Config", "fillspace": 40},
 ]
 
@@ -217,6 +234,7 @@ class YunoEntry:
     pid: int = 0
     running: bool = False
     launched: bool = False
+    verified: bool = False  # presented the secret the agent knows for its id
     channel: Channel | None = None
     process: subprocess.Popen | None = None
     exit_code: int | None = None
@@ -238,6 +256,7 @@ class YunoEntry:
             "running": self.running,
             "connected": self.connected,
             "launched": self.launched,
+            "verified": self.verified,
             "config": ",".join(self.config),
         }
 
@@ -261,6 +280,7 @@ class CAgent(GObj):
     def mt_start(self) -> None:
         server = self.server
         if server is not None:
+            server.add_card_check(self.claim_identity)
             server.add_channel_listener(self.link_opened, self.link_closed)
 
     def mt_play(self) -> None:
@@ -276,6 +296,8 @@ class CAgent(GObj):
             raise CommandError(f"{name} must be more than 0 seconds")
         if name.startswith("cert_sync_"):
             self.cert_sync.writing(name)
+        if name == "max_yuno_inflight" and self.attrs[name] < 1:
+            raise CommandError(f"{name} must be at least 1")
 
     def mt_stats(self) -> None:
         with self.lock:
@@ -304,30 +326,63 @@ class CAgent(GObj):
                 and (e.running or not running_only)
             ]
 
-    def link_opened(self, channel: Channel) -> None:
-        """A peer identified itself (I/O loop thread): register it if it is a yuno."""
-        card = channel.card
+    def claim_identity(self, channel: Channel, card: Mapping[str, Any]) -> tuple[int, str]:
+        """Before the ACK (I/O loop thread; the card's fields are type-checked): a card with
+        a `yuno_id` claims that yuno. Judged by `yuno_identity.judge`; if it stands, the
+        yuno is registered on this channel at once, so no second claim can slip in."""
         yuno_id = card.get("yuno_id")
-        if not isinstance(yuno_id, str) or not yuno_id:
-            return  # an operator's ycommand, not a yuno
+        if not yuno_id:
+            return 0, ""  # an operator's ycommand, not a yuno
+        assert self.runtime is not None
+        secrets_dir = self.attrs["yuno_secrets_dir"] or str(self.runtime.work_dir / "yuno-secrets")
+        try:
+            expected = yuno_identity.expected_secret(
+                yuno_id, self.runtime.work_dir / "yunos", Path(secrets_dir)
+            )
+        except (OSError, ValueError) as exc:
+            verdict = yuno_identity.Verdict(-1, f"Yuno id '{yuno_id}': {exc}")
+        else:
+            with self.lock:
+                entry = self.yunos.get(yuno_id)
+                verdict = yuno_identity.judge(yuno_id, entry, card, expected)
+                if verdict.result >= 0:
+                    entry = entry or YunoEntry(id=yuno_id)
+                    entry.yuno_role = card.get("yuno_role", "")
+                    entry.yuno_name = card.get("yuno_name", "")
+                    if entry.process is None:  # our own child's pid is known, not claimed
+                        entry.pid = card.get("pid") or entry.pid
+                    if not entry.config:
+                        entry.config = list(card.get("config_files", []))
+                    entry.verified = verdict.verified
+                    entry.channel = channel
+                    entry.running = True
+                    self.yunos[yuno_id] = entry
+        if verdict.result < 0:
+            self.log(
+                "warning",
+                "yuno identity claim refused",
+                id=yuno_id,
+                peer=channel.peer,
+                uid=channel.uid,
+                reason=verdict.comment,
+            )
+        return verdict.result, verdict.comment
+
+    def link_opened(self, channel: Channel) -> None:
+        """A peer's ACK went out (I/O loop thread): say so if it is a yuno."""
         with self.lock:
-            entry = self.yunos.get(yuno_id) or YunoEntry(id=yuno_id)
-            entry.yuno_role = str(card.get("yuno_role", ""))
-            entry.yuno_name = str(card.get("yuno_name", ""))
-            entry.pid = int(card.get("pid") or entry.pid or 0)
-            if not entry.config and isinstance(card.get("config_files"), list):
-                entry.config = [str(c) for c in card["config_files"]]
-            entry.channel = channel
-            entry.running = True
-            self.yunos[yuno_id] = entry
+            entry = next((e for e in self.yunos.values() if e.channel is channel), None)
+        if entry is None:
+            return  # an operator's ycommand, not a yuno
         self.log(
             "info",
             "yuno connected",
-            id=yuno_id,
+            id=entry.id,
             yuno_role=entry.yuno_role,
             yuno_name=entry.yuno_name,
             pid=entry.pid,
             launched=entry.launched,
+            verified=entry.verified,
         )
 
     def link_closed(self, channel: Channel) -> None:
@@ -387,7 +442,14 @@ class CAgent(GObj):
         assert self.runtime is not None
         yuno_id = uuid.uuid4().hex[:12]
         run_dir = self.runtime.work_dir / "yunos" / yuno_id
-        link: dict[str, Any] = {"yuno_id": yuno_id, "agent_url": server.real_url}
+        # The yuno's own secret, in a 0600 file its config names: never in argv or a log.
+        secret_file = run_dir / yuno_identity.SECRET_FILE
+        yuno_identity.write_secret(secret_file, yuno_identity.new_secret())
+        link: dict[str, Any] = {
+            "yuno_id": yuno_id,
+            "agent_url": server.real_url,
+            "agent_secret_file": str(secret_file),
+        }
         if server.attrs["use_ssl"]:
             link.update(agent_jwt=server.yuno_credential(), agent_cafile=self.attrs["yunos_cafile"])
         override = {
@@ -531,7 +593,12 @@ class CAgent(GObj):
         calls = [(e.channel, self._gate(e, service)) for e in targets]
         verb = command.split(" ", 1)[0]
         pending = request_all(
-            self.runtime.io_loop, calls, command, params, float(self.attrs["command_timeout"])
+            self.runtime.io_loop,
+            calls,
+            command,
+            params,
+            float(self.attrs["command_timeout"]),
+            max_pending=self.attrs["max_yuno_inflight"],
         )
         return then(pending, lambda answers: self._gather(targets, answers, verb, service, gobj))
 

@@ -1,8 +1,9 @@
 """C_IEVENT_CLI: a yuno's link to its agent.
 
 Created by C_YUNO when `agent_url` is set. It connects to the agent, presents an identity
-card (role, name, yuno_id, pid), and answers the commands the agent routes to this yuno:
-to a service (`service`, `__yuno__` for the root) or to any gobj by name (`gobj`). When
+card (role, name, yuno_id, pid, and the secret read from `secret_file` that proves the
+yuno_id: see gclasses/yuno_identity.py), and answers the commands the agent routes to this
+yuno: to a service (`service`, `__yuno__` for the root) or to any gobj by name (`gobj`). When
 the agent goes away it reconnects with backoff, so an agent restart finds its yunos again.
 
 The link's callbacks run off this gobj's actor (the I/O loop, and a worker thread per
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gclasses.yuno_identity import SECRET_KEY, read_secret
 from yuneta import ievent
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
@@ -30,6 +32,7 @@ GCLASS = GClassDef(
         Attr("str", "dst_role", Flag.RD, AGENT_ROLE, "Role of the agent"),
         Attr("str", "jwt", Flag.NONE, "", "Token presented to the agent (never shown)"),
         Attr("str", "cafile", Flag.RD, "", "CA file to verify a wss:// agent (empty: system CAs)"),
+        Attr("str", "secret_file", Flag.RD, "", "File with the secret proving our yuno_id"),
         Attr("bool", "connected", Flag.RD, False, "Identified with the agent now"),
         Attr("int", "commands_answered", Flag.RSTATS, 0, "Commands received from the agent"),
     ),
@@ -71,7 +74,11 @@ class CIEventCli(GObj):
             self.attrs["url"],
             owner=self.full_name,
             session_factory=session,
-            card_extra={"yuno_id": root["yuno_id"], "config_files": root["config_files"]},
+            card_extra={
+                "yuno_id": root["yuno_id"],
+                "config_files": root["config_files"],
+                **self._secret(),
+            },
             md_yuno=ievent.md_yuno(
                 root["realm_name"], root["yuno_role"], root["yuno_name"], root["yuno_id"]
             ),
@@ -85,6 +92,21 @@ class CIEventCli(GObj):
         if self.client is not None:
             self.client.stop()
             self.client = None
+
+    def _secret(self) -> dict[str, str]:
+        """The card's secret, when a file is configured; a bad file is logged (its path, not
+        its content) and the yuno then connects unverified."""
+        path = self.attrs["secret_file"]
+        if not path:
+            return {}
+        try:
+            secret = read_secret(path)
+            if secret is None:
+                raise ValueError(f"{path}: no such file")
+        except (OSError, ValueError) as exc:
+            self.log("error", "cannot read the yuno's agent secret", path=path, error=str(exc))
+            return {}
+        return {SECRET_KEY: secret}
 
     # ----- actions (on the actor) ----------------------------------------------------
 

@@ -37,6 +37,13 @@ GCLASS = GClassDef(
         Attr("str", "agent_jwt", Flag.NONE, "", "Token presented to a wss:// agent (never shown)"),
         Attr(
             "str",
+            "agent_secret_file",
+            Flag.RD,
+            "",
+            "File with this yuno's secret, proving its yuno_id to the agent (0600)",
+        ),
+        Attr(
+            "str",
             "agent_cafile",
             Flag.RD,
             "",
@@ -119,6 +126,7 @@ class CYuno(GObj):
                     "url": self.attrs["agent_url"],
                     "jwt": self.attrs["agent_jwt"],
                     "cafile": self.attrs["agent_cafile"],
+                    "secret_file": self.attrs["agent_secret_file"],
                 },
                 self,
             )
