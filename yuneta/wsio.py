@@ -6,9 +6,10 @@ through the `on_command` callback in a worker thread (it asks an actor; a handle
 wait hands back a Future, awaited here on the loop, so a slow yuno holds no thread), and
 answers go back on the same connection. Each connection has at most `max_inflight` commands
 (and queued answers) in flight: beyond that the server stops reading it until answers
-drain, so a client that sends without reading fills its own socket, not our memory. A server may also *send* commands to a connected
-peer (the agent commanding a yuno): `Channel.request` sends an EV_MT_COMMAND with a
-`msg_id` and waits for the matching answer.
+drain, so a client that sends without reading fills its own socket, not our memory.
+A server may also *send* commands to a connected peer (the agent commanding a yuno):
+`Channel.request` sends an EV_MT_COMMAND with a `msg_id` and waits for the matching answer,
+at most `max_pending` at a time per peer.
 
 `WsClient` is the other end kept by a yuno: it connects to the agent, identifies itself,
 answers the commands the agent sends, and reconnects with backoff when the link drops.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -348,7 +350,7 @@ class WsServer:
             return
         channel.refusal_logged = True
         who = channel.uid if channel.uid is not None else channel.peer.rsplit(":", 1)[0]
-        key = (who, refused.comment)
+        key = (who, re.sub(r"\d", "", refused.comment))  # "retry in 3.2 s" is one reason
         now = time.monotonic()
         last, suppressed = self._refusals.get(key, (-REFUSAL_LOG_INTERVAL, 0))
         if now - last < REFUSAL_LOG_INTERVAL:
