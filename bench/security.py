@@ -110,8 +110,8 @@ class Agent:
                 time.sleep(0.05)
         raise SystemExit(f"agent of {root} did not start")
 
-    def session(self) -> ClientConnection:
-        ws = connect(self.url, proxy=None, open_timeout=10, legacy=True, max_queue=None)
+    def session(self, max_queue: int | None = None) -> ClientConnection:
+        ws = connect(self.url, proxy=None, open_timeout=10, legacy=True, max_queue=max_queue)
         ws.send(CARD)
         ack = json.loads(ws.recv(timeout=10))["kw"]
         if ack["result"] < 0:
@@ -180,7 +180,7 @@ def stall(root: Path, workdir: Path) -> dict[str, Any]:
 def flood(root: Path, workdir: Path, seconds: float) -> dict[str, Any]:
     agent = Agent(root, workdir)
     try:
-        greedy, other = agent.session(), agent.session()
+        greedy, other = agent.session(max_queue=4), agent.session()
         for _ in range(200):
             agent.ask(greedy, "list-yunos")
         before = agent.rss_kib()

@@ -41,8 +41,10 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def session(agent: Agent) -> ClientConnection:
-    ws = connect(agent.url, proxy=None, open_timeout=10, legacy=True, max_queue=None)
+def session(agent: Agent, max_queue: int | None = None) -> ClientConnection:
+    """An identified connection; `max_queue` frames received and not read before its
+    background reader stops reading the socket (None: it reads everything)."""
+    ws = connect(agent.url, proxy=None, open_timeout=10, legacy=True, max_queue=max_queue)
     kw = ievent.build_identity_card(
         "", "ycommand", "ycommand", "", "yuneta_agent", "__default_service__", "yuneta", "h", 9
     )
@@ -99,7 +101,7 @@ def run_quiet_yuno(tmp_path: Path, agent: Agent) -> int:
 def test_unread_commands_leave_the_agent_rss_flat_and_others_unaffected(agent: Agent):
     assert agent.proc is not None
     pid = agent.proc.pid
-    greedy = session(agent)
+    greedy = session(agent, max_queue=4)  # it truly stops reading: answers pile up
     other = session(agent)
     for _ in range(200):  # warm up every code path the greedy client will use
         ask(greedy, "list-yunos")
