@@ -61,9 +61,12 @@ class Agent:
         self.log = workdir / "agent.log"
         # metrics_port 0: never the fixed default port, suites run side by side.
         variables = {"agent_url": self.url, "work_dir": str(workdir / "agent"), "metrics_port": 0}
+        extra = dict(extra or {})
+        # A caller's variables (a wss:// agent_url...) go over ours, not instead of them.
+        variables.update(extra.pop("__json_config_variables__", {}))
         self.override = write_json(
             workdir / "agent-override.json",
-            {"__json_config_variables__": variables, **(extra or {})},
+            {"__json_config_variables__": variables, **extra},
         )
         self.proc: subprocess.Popen | None = None
 
