@@ -81,7 +81,13 @@ class Agent:
         override = workdir / "override.json"
         override.write_text(
             json.dumps(
-                {"__json_config_variables__": {"agent_url": self.url, "work_dir": str(workdir)}}
+                {
+                    "__json_config_variables__": {
+                        "agent_url": self.url,
+                        "work_dir": str(workdir),
+                        "metrics_port": 0,  # never the fixed default
+                    }
+                }
             )
         )
         env = dict(os.environ, PYTHONPATH=str(root))
