@@ -365,14 +365,16 @@ class DtlsSession:
 
     # -- output -----------------------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes) -> list[Event]:
         """Encrypt `data` as records that each fit one datagram. Ignored unless open.
 
         DTLS keeps record boundaries, not message boundaries: a message longer than the
-        payload one datagram carries arrives as several records.
+        payload one datagram carries arrives as several records. Returns `[SessionClosed]`
+        if OpenSSL refuses to write (the session is then over), else `[]`.
         """
+        events: list[Event] = []
         if self.state != _OPEN or not data:
-            return
+            return events
         conn = self._conn
         size = conn.get_cleartext_mtu() or _MAX_RECORD_PLAINTEXT
         view = memoryview(data)
@@ -380,9 +382,9 @@ class DtlsSession:
             for start in range(0, len(view), size):
                 conn.send(view[start : start + size])
         except SSL.Error as exc:
-            self._fail(_error_reason(exc), [])
-            return
+            self._end(_error_reason(exc), events, notify=False)
         self._pack()
+        return events
 
     def close(self) -> None:
         """Send close_notify (if open) and end the session."""
@@ -583,10 +585,10 @@ class DtlsServer:
 
     # -- output and control -------------------------------------------------------------
 
-    def send(self, session: DtlsSession, data: bytes) -> None:
-        """Encrypt `data` to `session`'s peer (ignored unless the session is open)."""
-        session.send(data)
-        self._take(session)
+    def send(self, session: DtlsSession, data: bytes) -> list[tuple[DtlsSession, Event]]:
+        """Encrypt `data` to `session`'s peer (ignored unless the session is open); the
+        `SessionClosed` pair if OpenSSL refused to write."""
+        return self._settle(session, session.send(data), 0.0)  # no HandshakeDone: `now` unused
 
     def close(self, session: DtlsSession) -> None:
         """close_notify to the peer and forget the session (no event: the caller decided)."""

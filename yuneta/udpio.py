@@ -340,7 +340,7 @@ class UdpServer:
         if not data or not peer.is_open:
             return
         if peer._session is not None:
-            self._dtls.send(peer._session, data)  # type: ignore[union-attr]
+            self._dispatch(self._dtls.send(peer._session, data))  # type: ignore[union-attr]
         else:
             self._out.append((bytes(data), peer.peername))
         if not self._flush_scheduled:
