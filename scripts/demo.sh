@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job: an agent and a TLS echo yuno on generated certificates, driven by ycommand.
 # No root needed; everything lives under ./demo-run. `--once` runs the demonstration and exits.
-# Ctrl-C, SIGTERM or an error stop everything it started. DEMO_RUN, DEMO_AGENT_PORT and
-# DEMO_PORT move it elsewhere; PYTHON and VENV pick the interpreter (scripts/venv.sh).
+# Ctrl-C, SIGTERM or an error stop everything it started. DEMO_RUN, DEMO_AGENT_PORT,
+# DEMO_PORT and DEMO_METRICS_PORT move it elsewhere; PYTHON and VENV pick the interpreter (scripts/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
 RUN="${DEMO_RUN:-demo-run}"; AGENT_PORT="${DEMO_AGENT_PORT:-1991}"; PORT="${DEMO_PORT:-7443}"
+METRICS_PORT="${DEMO_METRICS_PORT:-1992}"
 AGENT_URL="ws://127.0.0.1:$AGENT_PORT"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -58,9 +59,9 @@ done
 
 mkdir -p "$RUN"
 RUN="$(cd "$RUN" && pwd)"; STORE="$RUN/store/certs"
-"$PY" - "$RUN" "$AGENT_URL" "$PORT" "$STORE" <<'PYEOF'
+"$PY" - "$RUN" "$AGENT_URL" "$PORT" "$STORE" "$METRICS_PORT" <<'PYEOF'
 import json, sys
-run, agent_url, port, store = sys.argv[1:]
+run, agent_url, port, store, metrics_port = sys.argv[1:]
 def write(name, variables):
     with open(f"{run}/{name}", "w") as f:
         json.dump({"__json_config_variables__": variables}, f, indent=2)
@@ -68,6 +69,7 @@ write("agent-override.json", {
     "agent_url": agent_url,
     "work_dir": f"{run}/agent",
     "cert_sync_store_dir": store,  # layer 2: the agent watches this store
+    "metrics_port": int(metrics_port),
 })
 write("echo-override.json", {
     "url": f"tcps://127.0.0.1:{port}",

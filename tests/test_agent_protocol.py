@@ -654,7 +654,11 @@ def tls_agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsAgent]:
         workdir,
         port=port,
         extra={
-            "__json_config_variables__": {"agent_url": url, "work_dir": str(workdir / "agent")},
+            "__json_config_variables__": {
+                "agent_url": url,
+                "work_dir": str(workdir / "agent"),
+                "metrics_port": 0,  # never the fixed default: suites run side by side
+            },
             "global": {"C_IEVENT_SRV.crypto": leaf.crypto(), "C_IEVENT_SRV.auth_tokens": [TOKEN]},
         },
     ).start()

@@ -47,6 +47,7 @@ def _start_demo(tmp_path: Path, mark: str) -> tuple[subprocess.Popen, Path, int]
         DEMO_RUN=str(tmp_path / "run"),
         DEMO_AGENT_PORT=str(free_port()),
         DEMO_PORT=str(free_port()),
+        DEMO_METRICS_PORT="0",
         DEMO_TEST_MARK=mark,
     )
     env.pop("VENV", None)
