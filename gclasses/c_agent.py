@@ -199,6 +199,7 @@ GCLASS = GClassDef(
         "EV_TIMEOUT",
         "EV_CERT_STORE_CHANGED",
         "EV_CERT_SYNC_DONE",
+        "EV_YUNO_CONNECTED",
     ),
     states={
         "ST_IDLE": (
@@ -206,6 +207,7 @@ GCLASS = GClassDef(
             ("EV_TIMEOUT", "ac_cert_sync_timer", None),  # the cert-sync timer (one-shot)
             ("EV_CERT_STORE_CHANGED", "ac_cert_store_changed", None),  # the store's watcher
             ("EV_CERT_SYNC_DONE", "ac_cert_sync_done", None),  # a tick ended on the I/O loop
+            ("EV_YUNO_CONNECTED", "ac_cert_sync_yuno_connected", None),  # converge it too
         ),
     },
 )
@@ -657,6 +659,9 @@ class CAgent(GObj):
 
     def ac_cert_sync_done(self, event: str, kw: dict, src: Any) -> int:
         return self.cert_sync.on_done(kw)
+
+    def ac_cert_sync_yuno_connected(self, event: str, kw: dict, src: Any) -> int:
+        return self.cert_sync.on_yuno_connected()
 
     def cmd_cert_sync_now(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
         return self.cert_sync.cmd_now()

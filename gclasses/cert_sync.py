@@ -13,7 +13,8 @@ agent try again after a growing delay until it catches up.
 
 A tick starts when the agent starts (the baseline), from the inotify watch on the store
 (`yuneta.watch`, within a debounce of a change), from the timer (`cert_sync_interval_sec`,
-the safety net), or from `cert-sync-now`.
+the safety net), from `cert-sync-now`, and when a yuno connects (it may have been left behind
+while the agent was down).
 Watch-triggered ticks do not run the copy command: the change is already in the store, and a
 copy that rewrites files would otherwise trigger itself forever.
 
@@ -393,12 +394,22 @@ class CertSync:
         self.next_check = 0
         self.last_copy: dict[str, Any] = {}
         self.playing = False
+        self.hooked = False  # on the inter-event server's channel opens
 
     # ----- life cycle and attributes -------------------------------------------------
 
     def play(self) -> None:
         self.playing = True
+        server = self.agent.server
+        if not self.hooked and server is not None:
+            server.add_channel_listener(self._link_opened, lambda channel: None)
+            self.hooked = True
         self.apply()
+
+    def _link_opened(self, channel: Any) -> None:
+        """I/O loop thread: a peer identified itself; a yuno gets converged too."""
+        if channel.card.get("yuno_id"):
+            self.agent.send_event("EV_YUNO_CONNECTED", {"yuno_id": channel.card["yuno_id"]})
 
     def pause(self) -> None:
         self.playing = False
@@ -466,6 +477,11 @@ class CertSync:
     def on_store_changed(self, paths: list[str]) -> int:
         if self.attrs["cert_sync_enabled"] and self.watcher is not None:
             self.request("watch")
+        return 0
+
+    def on_yuno_connected(self) -> int:
+        if self.playing and self.attrs["cert_sync_enabled"]:
+            self.request("connect")
         return 0
 
     def cmd_now(self) -> concurrent.futures.Future:
@@ -649,7 +665,7 @@ def read_stamp(path: str) -> int:
 
 def _stronger(a: str, b: str) -> str:
     """Of two pending triggers, the one that does more (runs the copy, retries)."""
-    order = ("", "start", "retry", "watch", "timer", "now")
+    order = ("", "start", "connect", "retry", "watch", "timer", "now")
     return a if order.index(a) >= order.index(b) else b
 
 

@@ -670,3 +670,20 @@ def test_cert_watch_on_the_agents_wss_port_reloads_it_without_cert_sync(tmp_path
     layout.install(new)
     wait_for(lambda: served_fingerprint(agent.agent.port) == fingerprint(new), timeout=20)
     assert agent.ticks() == []  # the listener did it by itself
+
+
+def test_a_yuno_left_behind_while_the_agent_was_down_is_converged_when_it_reconnects(
+    tmp_path, ca, make_agent
+):
+    layout = Layout(tmp_path, "atomic-rename")
+    old, new = ca.issue(tmp_path / "a", "old"), ca.issue(tmp_path / "b", "new")
+    layout.install(old, first=True)
+    agent = make_agent(layout.store)
+    port = agent.run_yuno("echo1", layout.cert, layout.key)
+    agent.agent.stop()  # the yuno keeps running and keeps serving
+    layout.install(new)  # nobody watches now
+    time.sleep(DEBOUNCE * 3)
+    assert served_fingerprint(port) == fingerprint(old)
+    agent.agent.start()
+    wait_for(lambda: served_fingerprint(port) == fingerprint(new), timeout=30)
+    assert agent.status()["lagging"] == []
