@@ -137,16 +137,15 @@ class CUdpS(TlsListener, GObj):
 
     def mt_start(self) -> None:
         _scheme, host, port, use_ssl = parse_url(self.attrs["url"], SCHEMES)
-        if use_ssl:
-            # A bad certificate at start is a start failure, said clearly: nothing listens.
-            self.build_ytls()
+        # A bad certificate at start is a start failure, said clearly: nothing listens.
+        ydtls = self.build_ytls() if use_ssl else None
         assert self.runtime is not None, "a listener needs a yuno runtime (its I/O loop)"
         self.server = UdpServer(
             self.runtime.io_loop,
             host,
             port,
             handler=find_protocol(self.attrs["protocol"]),
-            tls=self.ytls.get_context if self.ytls else None,
+            tls=ydtls.dtls_context if ydtls else None,
             mtu=self.attrs["mtu"],
             idle_timeout=self.attrs["idle_timeout"],
             handshake_timeout=self.attrs["handshake_timeout"],

@@ -13,13 +13,14 @@ session.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL, crypto
 
-from yuneta.dtls import DEFAULT_MTU, DtlsServer, DtlsSession, HandshakeDone, enable_cookies
+from yuneta.dtls import DEFAULT_MTU, DtlsServer, DtlsSession, SessionClosed, enable_cookies
 from yuneta.tls_material import (
     DEFAULT_CIPHERS,
     CertificateFileError,
@@ -34,6 +35,15 @@ __all__ = ["Ydtls", "server_context", "probe_handshake", "check_crypto"]
 
 #: DTLS 1.2's wire version (pyOpenSSL exports only the TLS ones); DTLS 1.0 stays refused.
 _DTLS1_2_VERSION = 0xFEFD
+
+#: Key types pyOpenSSL can serve with (others, e.g. DH or ML-DSA, are refused by name).
+_SERVER_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
 
 _VERIFY_FLAGS = {
     "none": SSL.VERIFY_NONE,
@@ -69,7 +79,14 @@ def server_context(material: TlsMaterial) -> SSL.Context:
         ctx.use_certificate(chain[0])
         for cert in chain[1:]:
             ctx.add_extra_chain_cert(cert)
-        ctx.use_privatekey(serialization.load_pem_private_key(material.key_pem, password=None))
+        key = serialization.load_pem_private_key(material.key_pem, password=None)
+        if not isinstance(key, _SERVER_KEY_TYPES):
+            raise CertificateFileError(
+                "ssl_certificate_key",
+                str(material.crypto["ssl_certificate_key"]),
+                f"{type(key).__name__} cannot sign a DTLS handshake",
+            )
+        ctx.use_privatekey(key)
         ctx.check_privatekey()
     except (SSL.Error, ValueError, TypeError) as exc:
         raise CertificateFileError(
@@ -124,7 +141,7 @@ def probe_handshake(ctx: SSL.Context, material: TlsMaterial) -> None:
     for _ in range(8):  # HelloVerifyRequest, then two flights each way; a bound, not a budget
         for datagram in client.datagrams_to_send():
             for _session, event in server.receive(peer, datagram, 0.0):
-                if not isinstance(event, HandshakeDone) and event.handshake_failed:
+                if isinstance(event, SessionClosed) and event.handshake_failed:
                     server_failure = event.reason
         for datagram, _addr in server.datagrams_to_send():
             client.receive_datagram(datagram, 0.0)
@@ -165,3 +182,8 @@ class Ydtls(Ytls):
     swaps in a validated, proven fresh context or raises `TlsError` leaving the old one."""
 
     build = staticmethod(_checked)
+
+    def dtls_context(self) -> SSL.Context:
+        """Zero-arg provider for `udpio.UdpServer(tls=...)`: the current DTLS context
+        (`get_context` under its pyOpenSSL type, which `build` guarantees)."""
+        return cast(SSL.Context, self._current[0])
