@@ -20,6 +20,7 @@ from typing import Any
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
 from yuneta.dtls import DEFAULT_MTU, MIN_MTU
 from yuneta.dtls_context import Ydtls
+from yuneta.dtls_context import check_crypto as dtls_check_crypto
 from yuneta.errors import AttrError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj
@@ -111,6 +112,7 @@ def _check_mtu(mtu: int) -> None:
 @register_gclass
 class CUdpS(TlsListener, GObj):
     GCLASS = GCLASS
+    check_crypto = staticmethod(dtls_check_crypto)
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:

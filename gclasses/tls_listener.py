@@ -25,7 +25,7 @@ from yuneta.errors import CommandError
 from yuneta.gclass import Attr, Command, Flag
 from yuneta.scheduler import scheduler
 from yuneta.watch import DEFAULT_DEBOUNCE, DirWatcher
-from yuneta.ytls import TlsError, Ytls
+from yuneta.ytls import TlsError, Ytls, check_crypto
 
 #: The URL scheme decides TLS (SPEC 4): these are secure, their plain twins are not.
 SECURE_SCHEMES = {
@@ -133,6 +133,9 @@ class TlsListener:
     ytls: Ytls | None = None
     cert_watcher: DirWatcher | None = None
     _watch_generation = 0
+    #: The whole check a reload of this listener runs, building nothing that stays (for
+    #: `yuneta check`); C_UDP_S's is the DTLS one.
+    check_crypto = staticmethod(check_crypto)
 
     def build_ytls(self) -> Ytls:
         """The listener's Ytls from its `crypto` (raises TlsError: a start failure)."""

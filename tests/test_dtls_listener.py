@@ -576,3 +576,16 @@ def test_max_sessions_bounds_peers_and_handshakes(tmp_path, ca, yunos):
     finally:
         for s in socks:
             s.close()
+
+
+def test_each_listener_gclass_checks_crypto_as_its_reload_does(tmp_path, ca):
+    from gclasses.c_tcp_s import CTcpS
+    from gclasses.c_udp_s import CUdpS
+
+    good = ca.issue(tmp_path / "good", "good")
+    assert CUdpS.check_crypto(good.crypto()).serial == good.serial
+    assert CTcpS.check_crypto(good.crypto()).serial == good.serial
+    assert CUdpS.check_crypto is not CTcpS.check_crypto
+    with pytest.raises(TlsError, match="DTLS 1.2"):  # TLS 1.3 only: fine for TCP, not DTLS
+        CUdpS.check_crypto(good.crypto(ssl_min_version="TLSv1.3"))
+    assert CTcpS.check_crypto(good.crypto(ssl_min_version="TLSv1.3")).serial == good.serial

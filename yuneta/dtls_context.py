@@ -18,7 +18,9 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
+from OpenSSL.crypto import X509
+from OpenSSL.crypto import Error as CryptoError
 
 from yuneta.dtls import DEFAULT_MTU, DtlsServer, DtlsSession, SessionClosed, enable_cookies
 from yuneta.tls_material import (
@@ -98,9 +100,9 @@ def server_context(material: TlsMaterial) -> SSL.Context:
         try:
             for der in material.ca_der:
                 ca = x509.load_der_x509_certificate(der)
-                store.add_cert(crypto.X509.from_cryptography(ca))
+                store.add_cert(X509.from_cryptography(ca))
                 ctx.add_client_ca(ca)
-        except (SSL.Error, crypto.Error, ValueError) as exc:
+        except (SSL.Error, CryptoError, ValueError) as exc:
             raise CertificateFileError(
                 "ssl_trusted_certificate",
                 str(material.crypto["ssl_trusted_certificate"]),
@@ -164,16 +166,16 @@ def probe_handshake(ctx: SSL.Context, material: TlsMaterial) -> None:
     )
 
 
-def _checked(crypto_kw: Mapping[str, Any]) -> tuple[SSL.Context, TlsMaterial]:
-    material = load_material(crypto_kw)
+def _checked(crypto: Mapping[str, Any]) -> tuple[SSL.Context, TlsMaterial]:
+    material = load_material(crypto)
     ctx = server_context(material)
     probe_handshake(ctx, material)
     return ctx, material
 
 
-def check_crypto(crypto_kw: Mapping[str, Any]) -> CertInfo:
+def check_crypto(crypto: Mapping[str, Any]) -> CertInfo:
     """The whole check a DTLS reload runs, building nothing that stays; raises `TlsError`."""
-    return _checked(crypto_kw)[1].info
+    return _checked(crypto)[1].info
 
 
 class Ydtls(Ytls):
