@@ -301,9 +301,9 @@ class CAgent(GObj):
         if name == "max_yuno_inflight" and self.attrs[name] < 1:
             raise CommandError(f"{name} must be at least 1")
 
-    def mt_stats(self) -> None:
+    def mt_stats(self) -> dict[str, Any]:
         with self.lock:
-            self.attrs["yunos_running"] = sum(1 for e in self.yunos.values() if e.running)
+            return {"yunos_running": sum(1 for e in self.yunos.values() if e.running)}
 
     # ----- registry -----------------------------------------------------------------
 
@@ -497,7 +497,8 @@ class CAgent(GObj):
             )
         code = entry.process.poll() if entry.process is not None else None
         if code is not None:
-            entry.running, entry.exit_code = False, code
+            with self.lock:
+                entry.running, entry.exit_code = False, code
             self.log("error", "yuno exited at start", id=entry.id, exit_code=code)
             return envelope(
                 -1,
@@ -519,7 +520,7 @@ class CAgent(GObj):
         grace = float(self.attrs["kill_grace"])
         assert self.runtime is not None
         return then(
-            self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate)),
+            self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate, self.lock)),
             lambda _: self._kill_answer(targets),
         )
 
@@ -705,22 +706,27 @@ async def _wait_connected(entry: YunoEntry, wait: float) -> None:
 
 
 async def _stop_all(
-    targets: list[YunoEntry], grace: float, gate: Callable[[YunoEntry], ievent.Gate]
+    targets: list[YunoEntry],
+    grace: float,
+    gate: Callable[[YunoEntry], ievent.Gate],
+    lock: threading.Lock,
 ) -> None:
     """Stop every target at once: SIGTERM (then SIGKILL) for the agent's own children;
     yunos started by hand are asked to shut down over their link. The agent never signals
-    a pid it only heard of: an identity card's pid proves nothing."""
+    a pid it only heard of: an identity card's pid proves nothing. Runs on the I/O loop:
+    entries are written under the registry's `lock`, as everywhere else."""
 
     async def stop(e: YunoEntry) -> None:
         if e.process is not None:
             e.process.terminate()
             loop = asyncio.get_running_loop()
             try:
-                e.exit_code = await loop.run_in_executor(None, e.process.wait, grace)
+                code = await loop.run_in_executor(None, e.process.wait, grace)
             except subprocess.TimeoutExpired:
                 e.process.kill()
-                e.exit_code = await loop.run_in_executor(None, e.process.wait, grace)
-            e.running = False
+                code = await loop.run_in_executor(None, e.process.wait, grace)
+            with lock:
+                e.exit_code, e.running = code, False
             return
         channel = e.channel
         if channel is None:
@@ -729,8 +735,9 @@ async def _stop_all(
         deadline = time.monotonic() + grace
         while e.channel is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if e.channel is None:
-            e.running = False
+        with lock:
+            if e.channel is None:
+                e.running = False
 
     await asyncio.gather(*(stop(e) for e in targets))
 

@@ -224,9 +224,9 @@ class CIEventSrv(TlsListener, GObj):
             self.server.stop()
             self.server = None
 
-    def mt_stats(self) -> None:
+    def mt_stats(self) -> dict[str, Any]:
         server = self.server
-        self.attrs["clients"] = len(server.channels) if server is not None else 0
+        return {"clients": len(server.channels) if server is not None else 0}
 
     @property
     def real_url(self) -> str:

@@ -135,20 +135,21 @@ class CTcpS(TlsListener, GObj):
         self.stop_cert_watch()
         if self.server is not None:
             self.server.stop_listening(close_connections=True)
-            self.mt_stats()
+            self.attrs.update(self.mt_stats())  # the last counts stay readable once stopped
             self.server = None
             self.log("info", "listener stopped", url=self.attrs["url"])
         self.change_state("ST_STOPPED")
 
-    def mt_stats(self) -> None:
+    def mt_stats(self) -> dict[str, Any]:
         server = self.server
-        if server is not None:
-            self.attrs.update(
-                connxs=server.connxs,
-                tconnxs=server.tconnxs,
-                handshake_failures=server.handshake_failures,
-                rejected=server.rejected,
-            )
+        if server is None:
+            return {}
+        return {
+            "connxs": server.connxs,
+            "tconnxs": server.tconnxs,
+            "handshake_failures": server.handshake_failures,
+            "rejected": server.rejected,
+        }
 
     # ----- I/O loop callbacks (loop thread: cheap, post to the actor) -----------------
 

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The thread rule's debug check is on for the whole suite, and for every yuno it starts
+# (children inherit the environment): a write to a gobj's attrs off its actor raises.
+os.environ["YUNETA_CHECK_THREADS"] = "1"
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
@@ -15,6 +19,19 @@ sys.path.insert(0, str(ROOT))
 import kernel_helpers  # noqa: E402,F401  (registers T_LAMP, T_COLLECTOR)
 
 import gclasses  # noqa: E402,F401  (registers the product's gclasses, as the yuneta CLI does)
+
+
+@pytest.fixture(autouse=True)
+def thread_rule_kept():
+    """Fails the test when any gobj's attrs were written off its actor, even if the error
+    was caught and logged by the code that made it."""
+    from yuneta.gobj import THREAD_RULE_VIOLATIONS
+
+    THREAD_RULE_VIOLATIONS.clear()
+    yield
+    found = list(THREAD_RULE_VIOLATIONS)
+    THREAD_RULE_VIOLATIONS.clear()
+    assert not found, f"thread rule broken: {found}"
 
 
 @pytest.fixture

@@ -1,19 +1,26 @@
 """Kernel rules: tables checked when declared, one routing function, TLS listeners found by
-what they are, one client TLS context builder."""
+what they are, one client TLS context builder, and the thread rule checked."""
 
 from __future__ import annotations
 
+import socket
 import ssl
+import subprocess
+import sys
+import threading
 from typing import Any
 
 import pytest
 from certs import TestCA
+from clients import wait_for
+from kernel_helpers import TLamp
 
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from yuneta import gobj as gobj_module
 from yuneta.config import load_config
-from yuneta.errors import GClassError
+from yuneta.errors import GClassError, ThreadRuleError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
-from yuneta.gobj import GObj
+from yuneta.gobj import GObj, create_gobj
 from yuneta.runtime import YunoRuntime
 from yuneta.tls_client import client_context
 
@@ -149,9 +156,6 @@ def test_client_context_verifies_wss_and_is_none_for_ws(tmp_path):
 
 
 def test_the_kernel_imports_no_gclass_module():
-    import subprocess
-    import sys
-
     code = (
         "import sys, yuneta.gobj, yuneta.runtime, yuneta.config, yuneta.wsio, yuneta.ycommand;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gclasses'))"
@@ -160,3 +164,99 @@ def test_the_kernel_imports_no_gclass_module():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------
+# The thread rule and its debug check (on in the tests: conftest sets YUNETA_CHECK_THREADS)
+# ---------------------------------------------------------------------------
+
+
+def test_the_thread_check_is_on_in_the_tests():
+    assert gobj_module.CHECK_THREADS
+
+
+def test_a_write_to_attrs_off_the_actor_fails_loudly_and_changes_nothing():
+    lamp = create_gobj("writer", TLamp, {"owner": "tests"})
+    try:
+        with pytest.raises(ThreadRuleError, match=r"T_LAMP\^writer: attribute 'label' written"):
+            lamp.attrs["label"] = "from the test thread"
+        with pytest.raises(ThreadRuleError):
+            lamp.attrs.update(label="again")
+        with pytest.raises(ThreadRuleError):
+            lamp.attrs.pop("label")
+        assert lamp.read_attr("label") == ""
+        # The same write through the actor is the rule kept.
+        lamp.write_attr("label", "by the actor")
+        assert lamp.read_attr("label") == "by the actor"
+        assert lamp.ask_event("EV_ON") == 0 and lamp.read_attr("switches") == 1
+        assert len(gobj_module.THREAD_RULE_VIOLATIONS) == 3
+    finally:
+        gobj_module.THREAD_RULE_VIOLATIONS.clear()  # provoked on purpose
+        lamp.destroy()
+
+
+def test_writes_from_another_thread_pool_are_caught_too():
+    lamp = create_gobj("pooled", TLamp, {"owner": "tests"})
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            lamp.attrs["switches"] += 1
+        except ThreadRuleError as exc:
+            errors.append(exc)
+
+    try:
+        workers = [threading.Thread(target=write) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert len(errors) == 4 and lamp.read_attr("switches") == 0
+    finally:
+        gobj_module.THREAD_RULE_VIOLATIONS.clear()  # provoked on purpose
+        lamp.destroy()
+
+
+def test_with_the_check_off_attrs_is_a_plain_dict(subprocess_env):
+    env = {**subprocess_env, "YUNETA_CHECK_THREADS": "0"}
+    code = (
+        "import kernel_helpers; from yuneta.gobj import create_gobj;"
+        "g = create_gobj('p', kernel_helpers.TLamp, {'owner': 'o'});"
+        "print(type(g.attrs).__name__); g.destroy()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "dict"
+
+
+def test_mt_stats_returns_live_values_and_writes_nothing(tmp_path):
+    rt = _runtime(
+        tmp_path,
+        [{"name": "echo", "gclass": "C_TCP_S", "kw": {"url": "tcp://127.0.0.1:0"}}],
+    )
+    try:
+        listener = rt.find_gobj("echo")
+        assert listener is not None
+        stored = dict(listener.attrs)
+        with socket.create_connection(("127.0.0.1", listener.read_attr("lPort")), timeout=10):
+            wait_for(lambda: listener.mt_stats()["connxs"] == 1)
+            # From this (foreign) thread: live values, and attrs untouched.
+            assert listener.read_attr("connxs") == 1
+            assert listener.public_attrs(["connxs", "tconnxs"]) == {"connxs": 1, "tconnxs": 1}
+            tree = rt.root.command("view-gobj-tree attrs=connxs")["data"]
+            assert _tree_attrs(tree, "echo") == {"connxs": 1}
+            assert dict(listener.attrs) == stored
+    finally:
+        rt.shutdown()
+
+
+def _tree_attrs(node: dict, name: str) -> dict | None:
+    if node["name"] == name:
+        return node.get("attrs")
+    for child in node["children"]:
+        found = _tree_attrs(child, name)
+        if found is not None:
+            return found
+    return None

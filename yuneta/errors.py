@@ -46,3 +46,9 @@ class ConfigError(YunetaError):
         self.path = path
         self.problem = problem
         super().__init__(f"config error: {file}: {path or '/'}: {problem}")
+
+
+class ThreadRuleError(RuntimeError):
+    """A gobj's attributes were written from a thread that is not its actor (a bug in the
+    code that wrote them, never an operator's error). Raised only when the debug check is on
+    (`yuneta.gobj.CHECK_THREADS`)."""

@@ -11,7 +11,14 @@ Threading model
   original's synchronous `gobj_send_event`, so an action may command itself.
 * Network I/O does not run on actors: the yuno's I/O loop thread (`yuneta.netio`) owns
   every socket; connections are light objects there and report to their listener gobj
-  with `send_event` (a `tell`) or by updating plain counters.
+  with `send_event` (a `tell`) or by updating plain counters of their own.
+
+The thread rule: code off a gobj's actor (the I/O loop, a worker, another gobj) only posts
+events to it or calls its thread-safe API (`send_event`, `ask_event`, `command`,
+`read_attr`, `write_attr`, `public_attrs`, life cycle, `mt_stats`); only the actor writes
+`attrs`. `mt_stats` returns live values and writes nothing, so any thread may call it. With
+`YUNETA_CHECK_THREADS=1` in the environment (the tests set it), `attrs` checks the rule on
+every write and raises ThreadRuleError; off, `attrs` is a plain dict and costs nothing.
 * Actors are for long-lived gobjs only (yuno, services, listeners, timers, channels);
   never one per connection.
 
@@ -22,6 +29,7 @@ action or command is logged with the gobj's full name; the actor keeps running.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,7 +38,7 @@ import pykka
 from transitions import Machine
 
 from yuneta.command import build_kw, envelope, error_envelope, split_command, then
-from yuneta.errors import AttrError, CommandError, GClassError, ParseError
+from yuneta.errors import AttrError, CommandError, GClassError, ParseError, ThreadRuleError
 from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, coerce
 from yuneta.log import log
 
@@ -67,6 +75,12 @@ BUILTIN_COMMANDS: tuple[Command, ...] = (
 _BUILTIN_INDEX = {alias: c for c in BUILTIN_COMMANDS for alias in (c.name, *c.aliases)}
 _PUBLIC = Flag.RD | Flag.WR | Flag.STATS | Flag.RSTATS | Flag.PERSIST
 
+#: The debug check of the thread rule (see the module's docstring); read once, at import.
+CHECK_THREADS = os.environ.get("YUNETA_CHECK_THREADS", "") not in ("", "0")
+#: Every violation the check raised, so that one raised inside a guard that logs and goes on
+#: (an I/O loop callback, a posted call) still fails the test that caused it.
+THREAD_RULE_VIOLATIONS: list[str] = []
+
 _machines: dict[str, Machine] = {}
 _machines_lock = threading.Lock()
 
@@ -96,6 +110,61 @@ class _FsmModel:
     so that transitions never adds methods to the gobj itself."""
 
     state: str
+
+
+class _CheckedAttrs(dict[str, Any]):
+    """`attrs` when the thread-rule check is on: every write from a thread that is not the
+    gobj's actor (once the actor runs, and while it lives) raises ThreadRuleError."""
+
+    __slots__ = ("_gobj",)
+
+    def __init__(self, gobj: GObj, values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self._gobj = gobj
+
+    def _check(self, key: object = "") -> None:
+        actor = self._gobj._thread
+        if actor is None or threading.current_thread() is actor or not actor.is_alive():
+            return
+        problem = (
+            f"{self._gobj.full_name}: attribute {key!r} written from thread "
+            f"'{threading.current_thread().name}', not its actor '{actor.name}'"
+        )
+        THREAD_RULE_VIOLATIONS.append(problem)
+        raise ThreadRuleError(problem)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._check(key)
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> _CheckedAttrs:  # type: ignore[override,misc]
+        self._check()
+        super().update(other)
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._check(", ".join(dict(*args, **kwargs)))
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._check(key)
+        return super().setdefault(key, default)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._check(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._check()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._check()
+        super().clear()
 
 
 class _GObjActor(pykka.ThreadingActor):
@@ -136,12 +205,13 @@ class GObj:
         self.parent = parent
         self.runtime = runtime
         self.children: list[GObj] = []
-        self.attrs: dict[str, Any] = {a.name: _copy_default(a.default) for a in gdef.attrs}
-        self.attrs.update(gdef.validate_kw(kw))
+        attrs: dict[str, Any] = {a.name: _copy_default(a.default) for a in gdef.attrs}
+        attrs.update(gdef.validate_kw(kw))
         for a in gdef.attrs:
-            if Flag.REQUIRED in a.flags and self.attrs.get(a.name) in (None, "", [], {}):
+            if Flag.REQUIRED in a.flags and attrs.get(a.name) in (None, "", [], {}):
                 raise AttrError(gdef.name, a.name, f"required by gobj '{name}' but not given")
-        type(self).mt_check_kw(self.attrs)
+        type(self).mt_check_kw(attrs)
+        self.attrs: dict[str, Any] = _CheckedAttrs(self, attrs) if CHECK_THREADS else attrs
         self.running = False
         self.playing = False
         self.destroyed = False
@@ -149,6 +219,9 @@ class GObj:
         self._thread: threading.Thread | None = None
         self._fsm = _FsmModel()
         _machine_for(gdef).add_model(self._fsm, initial=gdef.initial_state)
+        if runtime is not None:
+            # Before the actor starts: from then on only the actor writes attrs.
+            self.attrs.update(runtime.load_persistent(self))
         self._actor = _GObjActor.start(self)
 
     # ----- identity and tree -------------------------------------------------------
@@ -320,10 +393,25 @@ class GObj:
     # ----- attributes --------------------------------------------------------------
 
     def read_attr(self, name: str) -> Any:
-        try:
-            return self.attrs[name]
-        except KeyError:
-            raise AttrError(self.gclass.name, name, "unknown attribute") from None
+        """An attribute's value from any thread; a STATS/RSTATS one live (`mt_stats`)."""
+        if name not in self.attrs:
+            raise AttrError(self.gclass.name, name, "unknown attribute")
+        attr = self.gclass.attr_index[name]
+        if attr.flags & (Flag.STATS | Flag.RSTATS):
+            live = self.mt_stats()
+            if name in live:
+                return live[name]
+        return self.attrs[name]
+
+    def public_attrs(self, names: list[str] | None = None) -> dict[str, Any]:
+        """The public attributes (or those of `names` that are public), counters live from
+        `mt_stats`; from any thread: reads only. What view-attrs and view-gobj-tree show."""
+        index = self.gclass.attr_index
+        wanted = [a.name for a in self.gclass.attrs] if names is None else names
+        live = self.mt_stats()
+        return {
+            n: live.get(n, self.attrs[n]) for n in wanted if n in index and index[n].flags & _PUBLIC
+        }
 
     def write_attr(self, name: str, value: Any) -> None:
         """Write an attribute on this gobj's thread, then run `mt_writing(name)`.
@@ -456,10 +544,11 @@ class GObj:
     def mt_writing(self, name: str) -> None:
         """Called after attribute `name` was written at run time; raise to refuse it."""
 
-    def mt_stats(self) -> None:
-        """Refresh STATS/RSTATS attributes kept elsewhere (e.g. by the I/O loop) before they
-        are read by `view-attrs` or `view-gobj-tree`. Must only do plain reads: it may run
-        on any thread."""
+    def mt_stats(self) -> dict[str, Any]:
+        """Live values of STATS/RSTATS attributes kept elsewhere (e.g. counters of the I/O
+        loop), by name. Runs on any thread: plain reads only, it writes nothing (not even
+        `attrs`); the kernel shows these values in place of the stored ones."""
+        return {}
 
     # ----- commands ------------------------------------------------------------------
 
@@ -549,9 +638,7 @@ class GObj:
         return envelope(0, f"{len(rows)} commands of {self.gclass.name}^{self.name}", schema, rows)
 
     def cmd_view_attrs(self, cmd: str, kw: dict, src: GObj | None) -> dict:
-        self.mt_stats()
-        data = {a.name: self.attrs[a.name] for a in self.gclass.attrs if a.flags & _PUBLIC}
-        return envelope(0, "", None, data)
+        return envelope(0, "", None, self.public_attrs())
 
     def cmd_write_attr(self, cmd: str, kw: dict, src: GObj | None) -> dict:
         name = kw.get("attr_name") or ""
@@ -571,7 +658,6 @@ class GObj:
 
     def tree_node(self, wanted: list[str]) -> dict:
         """This gobj and its subtree as a dict (read from any thread: plain reads only)."""
-        self.mt_stats()
         node: dict[str, Any] = {
             "gclass": self.gclass.name,
             "name": self.name,
@@ -580,8 +666,7 @@ class GObj:
             "running": self.running,
             "playing": self.playing,
         }
-        index = self.gclass.attr_index
-        attrs = {a: self.attrs[a] for a in wanted if a in index and index[a].flags & _PUBLIC}
+        attrs = self.public_attrs(wanted) if wanted else {}
         if attrs:
             node["attrs"] = attrs
         node["children"] = [c.tree_node(wanted) for c in list(self.children)]
@@ -646,10 +731,6 @@ def create_gobj(
     if parent is not None and parent.find_child(name) is not None:
         raise GClassError(f"{parent.full_name}: a child named '{name}' exists already")
     gobj = cls(name, dict(kw or {}), parent, runtime)
-    if runtime is not None:
-        saved = runtime.load_persistent(gobj)
-        if saved:
-            gobj.attrs.update(saved)
     if parent is not None:
         parent.children.append(gobj)
     try:
