@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gclasses import yuno_identity
+from gclasses.c_timer import CTimer
 from gclasses.cert_sync import CertSync, YunoTarget
 from gclasses.cert_sync import check_attrs as check_cert_sync_attrs
 from yuneta import ievent
@@ -272,7 +273,7 @@ class CAgent(GObj):
         # actor (commands), so it has its own lock.
         self.lock = threading.Lock()
         self.yunos: dict[str, YunoEntry] = {}
-        self.timer = create_gobj("__check_timer__", "C_TIMER", {}, self)
+        self.timer = create_gobj("__check_timer__", CTimer, {}, self)
         self.cert_sync = CertSync(self)
 
     @classmethod
@@ -528,7 +529,8 @@ class CAgent(GObj):
         return self._gate(e, "__yuno__")
 
     def _kill_answer(self, targets: list[YunoEntry]) -> dict:
-        stopped, alive = [], []
+        stopped: list[YunoEntry] = []
+        alive: list[YunoEntry] = []
         with self.lock:
             for e in targets:
                 (alive if e.running else stopped).append(e)

@@ -137,9 +137,10 @@ class CTimer(GObj):
     # ----- internals ----------------------------------------------------------------
 
     def _arm(self, generation: int) -> None:
-        self._handle = scheduler().call_at(
-            self._deadline, lambda: self.send_event("EV_TIMER_TICK", {"generation": generation})
-        )
+        def tick() -> None:  # on the scheduler's thread: only post
+            self.send_event("EV_TIMER_TICK", {"generation": generation})
+
+        self._handle = scheduler().call_at(self._deadline, tick)
 
     def _cancel(self) -> None:
         self._generation += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gclasses.c_timer import CTimer
 from gclasses.tls_listener import TlsListener
 from yuneta.command import envelope
 from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
@@ -117,7 +118,7 @@ class CYuno(GObj):
 
     def mt_create(self) -> None:
         self._last_cert_check = 0.0
-        self.timer = create_gobj("__periodic_timer__", "C_TIMER", {}, self)
+        self.timer = create_gobj("__periodic_timer__", CTimer, {}, self)
         if self.attrs["agent_url"]:
             create_gobj(
                 "__agent_link__",

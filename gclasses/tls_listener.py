@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from yuneta.command import envelope
@@ -128,7 +128,10 @@ def parse_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str, int, bool]:
 
 class TlsListener:
     # Mixed in before GObj, which provides attrs, running and log().
-    """Mixin for a GObj with the TLS_ATTRS; `self.ytls` is set by the listener's mt_start."""
+    """Mixin for a GObj with the TLS_ATTRS; `self.ytls` is set by the listener's mt_start.
+
+    Being a TlsListener is what makes a gobj one: C_YUNO's reload-certs and expiry monitor
+    find every running TLS listener by this class, whatever its gclass."""
 
     ytls: Ytls | None = None
     cert_watcher: DirWatcher | None = None
@@ -136,6 +139,11 @@ class TlsListener:
     #: The whole check a reload of this listener runs, building nothing that stays (for
     #: `yuneta check`); C_UDP_S's is the DTLS one.
     check_crypto = staticmethod(check_crypto)
+    if TYPE_CHECKING:  # provided by GObj
+        attrs: dict[str, Any]
+        running: bool
+
+        def log(self, level: str, msg: str, /, **fields: Any) -> None: ...
 
     def build_ytls(self) -> Ytls:
         """The listener's Ytls from its `crypto` (raises TlsError: a start failure)."""

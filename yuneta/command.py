@@ -160,14 +160,14 @@ def build_kw(cmd: Command, positional: list[str], pairs: dict[str, Any]) -> dict
     for param, value in zip(cmd.params, positional, strict=False):
         pairs.setdefault(param.name, value)
     for key, value in pairs.items():
-        param = params.get(key)
-        if param is None:
+        declared = params.get(key)
+        if declared is None:
             if cmd.wild:
                 kw[key] = value
                 continue
             raise ParseError(f"command '{cmd.name}': unknown parameter '{key}'")
         try:
-            kw[key] = coerce(param.type, value)
+            kw[key] = coerce(declared.type, value)
         except ValueError as exc:
             raise ParseError(f"command '{cmd.name}': parameter '{key}': {exc}") from None
     for param in cmd.params:

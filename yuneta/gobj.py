@@ -32,7 +32,7 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast, overload
 
 import pykka
 from transitions import Machine
@@ -110,6 +110,7 @@ class _FsmModel:
     so that transitions never adds methods to the gobj itself."""
 
     state: str
+    trigger: Callable[[str], bool]  # added by transitions when the model is registered
 
 
 class _CheckedAttrs(dict[str, Any]):
@@ -296,7 +297,7 @@ class GObj:
         except pykka.ActorDeadError:
             raise CommandError(f"{self.full_name}: gobj is destroyed") from None
         if status == "err":
-            raise value
+            raise cast(BaseException, value)
         return value
 
     def _post(self, fn: Callable[..., Any], *args: Any) -> None:
@@ -712,6 +713,29 @@ def _quietly(gobj: GObj, fn: Callable[[], Any]) -> None:
         fn()
     except Exception as exc:
         gobj.log_error("life-cycle call failed", error=repr(exc), exc_info=True)
+
+
+G = TypeVar("G", bound=GObj)
+
+
+@overload
+def create_gobj(
+    name: str,
+    gclass: type[G],
+    kw: dict | None = None,
+    parent: GObj | None = None,
+    runtime: YunoRuntime | None = None,
+) -> G: ...
+
+
+@overload
+def create_gobj(
+    name: str,
+    gclass: str,
+    kw: dict | None = None,
+    parent: GObj | None = None,
+    runtime: YunoRuntime | None = None,
+) -> GObj: ...
 
 
 def create_gobj(

@@ -1040,10 +1040,10 @@ class ClientSession:
             result = kw.get("result", -1)
             if not isinstance(result, int) or isinstance(result, bool):
                 result = -1
-            comment = kw.get("comment") if isinstance(kw.get("comment"), str) else ""
+            refusal = kw.get("comment")
             if result < 0:
                 self.state = ST_CLOSED
-                return [IdentityRefused(result, comment, kw)]
+                return [IdentityRefused(result, refusal if isinstance(refusal, str) else "", kw)]
             gate = Gate.from_dict(_top_gate(kw))
             self.state = ST_SESSION
             self.remote = SessionOpened(gate.src_role, gate.src_yuno, gate.src_service, kw)

@@ -153,7 +153,11 @@ def set_shell_defaults(text: str, defaults: dict[str, str]) -> str:
         if not _SHELL_SAFE.fullmatch(value):
             raise InstallError(f"{name}={value!r}: only letters, digits, blanks and ./:@%+=,_- fit")
         pattern = re.compile(r'^(\w+="\$\{' + name + r":?-)[^}]*(\}\")", re.MULTILINE)
-        text, count = pattern.subn(lambda m, v=value: m.group(1) + v + m.group(2), text)
+
+        def with_default(m: re.Match[str], v: str = value) -> str:
+            return m.group(1) + v + m.group(2)
+
+        text, count = pattern.subn(with_default, text)
         if count != 1:
             raise InstallError(f"template has {count} default(s) for {name}, expected 1")
     return text

@@ -61,9 +61,9 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(handlers: dict[str, dict] | None = None, level: str = "info") -> None:
     """Install JSON handlers. `handlers` maps a name to `{"handler_type": "stderr"|"stdout"
     |"file", "filename": ..., "level": ...}`; none means stderr only."""
-    for h in list(_logger.handlers):
-        _logger.removeHandler(h)
-        h.close()
+    for old in list(_logger.handlers):
+        _logger.removeHandler(old)
+        old.close()
     _logger.setLevel(LEVELS.get(level, logging.INFO))
     handlers = handlers or {"to_stderr": {"handler_type": "stderr"}}
     for spec in handlers.values():

@@ -555,7 +555,8 @@ class WsClient:
 
     async def _answer(self, channel: Channel, request_kw: dict[str, Any]) -> None:
         command = request_kw.get("__command__")
-        service = request_kw.get("service") if isinstance(request_kw.get("service"), str) else ""
+        named = request_kw.get("service")
+        service = named if isinstance(named, str) else ""
         extra = (
             {"gobj": request_kw["__gobj__"]} if isinstance(request_kw.get("__gobj__"), str) else {}
         )

@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -192,7 +192,7 @@ def _render_data(schema: Any, data: Any, color: bool) -> str | None:
     return None
 
 
-def _is_per_yuno_answers(data: Any) -> bool:
+def _is_per_yuno_answers(data: Any) -> TypeGuard[list[dict[str, Any]]]:
     """True for the agent's ``command-yuno`` data: one entry per yuno that answered."""
     return (
         isinstance(data, list)
@@ -402,9 +402,10 @@ class AgentLink:
         except ConnectionClosed:
             pass
         self.session.connection_lost()
-        rcvd = self.ws.close_rcvd
+        # The close frames live on the sans-I/O protocol object (websockets >= 13).
+        rcvd = self.ws.protocol.close_rcvd
         self.closed_reason = f"code {rcvd.code} {rcvd.reason}".strip() if rcvd else "closed by peer"
-        closed = ConnectionClosed(rcvd, self.ws.close_sent)
+        closed = ConnectionClosed(rcvd, self.ws.protocol.close_sent)
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(closed)
         self._inbox.put_nowait(closed)
