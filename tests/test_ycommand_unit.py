@@ -354,6 +354,9 @@ class TinyAgent:
                     return
                 elif isinstance(action, ievent.CommandRequest):
                     self.received.append(action.command)
+                    if action.command.startswith("bye"):  # the agent goes away mid-command
+                        await ws.close(4000, "going away")
+                        return
                     if action.command.startswith("fanout"):
                         # command-yuno style: one answer per yuno, the last one later
                         for n in (1, 2):
@@ -521,6 +524,14 @@ def test_closed_port_fails_clearly_within_the_wait():
     assert proc.returncode not in (0, None)
     assert "cannot connect" in proc.stderr and str(port) in proc.stderr
     assert elapsed < 2 + 20  # the wait plus interpreter start-up on a loaded CI machine
+
+
+def test_agent_closing_mid_command_is_reported_at_once_with_its_close_code(agent):
+    start = time.monotonic()
+    proc = ycommand("-u", url(agent), "-w", "20", "-c", "bye")
+    assert proc.returncode not in (0, None)
+    assert "connection closed (code 4000 going away)" in proc.stderr
+    assert time.monotonic() - start < 20  # not the wait running out
 
 
 def test_silent_server_times_out_within_the_wait():

@@ -403,9 +403,10 @@ class AgentLink:
             pass
         self.session.connection_lost()
         # The close frames live on the sans-I/O protocol object (websockets >= 13).
-        rcvd = self.ws.protocol.close_rcvd
+        protocol = self.ws.protocol
+        rcvd = protocol.close_rcvd
         self.closed_reason = f"code {rcvd.code} {rcvd.reason}".strip() if rcvd else "closed by peer"
-        closed = ConnectionClosed(rcvd, self.ws.protocol.close_sent)
+        closed = ConnectionClosed(rcvd, protocol.close_sent, protocol.close_rcvd_then_sent)
         if self._pending is not None and not self._pending[1].done():
             self._pending[1].set_exception(closed)
         self._inbox.put_nowait(closed)
