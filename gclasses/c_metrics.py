@@ -36,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from gclasses.c_ievent_srv import _is_loopback
+from gclasses.c_timer import CTimer
 from gclasses.metrics_series import TREE_ATTRS, Snapshot, SnapshotCollector, YunoSample
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
 from yuneta import ievent
@@ -129,7 +130,7 @@ class CMetrics(TlsListener, GObj):
         self.attrs["auth_tokens"] = [HIDDEN] * len(self._auth_tokens)
         self.attrs["use_ssl"] = bool(self.attrs["crypto"])
         self.agent = _nearest(self, "C_AGENT")
-        self.timer = create_gobj("__refresh_timer__", "C_TIMER", {}, self)
+        self.timer = create_gobj("__refresh_timer__", CTimer, {}, self)
         # Written by the actor only (ac_collected); read by scrapes on the I/O loop.
         self.snapshot = Snapshot(renewal_period=float(self.attrs["renewal_period_sec"]))
         self.registry = CollectorRegistry(auto_describe=False)
@@ -139,7 +140,7 @@ class CMetrics(TlsListener, GObj):
         self._last_seen: dict[tuple[str, str], float] = {}
         self._up: set[tuple[str, str]] = set()
         self._lagging_since: dict[tuple[str, str, str], float] = {}
-        self._scrapes = self._refused = 0  # counted on the I/O loop; mt_stats copies
+        self._scrapes = self._refused = 0  # counted on the I/O loop; mt_stats reads them
         # Asks to the agent's own actors wait here, never on the loop or its default pool.
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="metrics")
 
@@ -182,8 +183,8 @@ class CMetrics(TlsListener, GObj):
             self.timer.set_timeout_periodic(self.attrs["refresh_msec"])
         TlsListener.mt_writing(self, name)
 
-    def mt_stats(self) -> None:
-        self.attrs.update(scrapes=self._scrapes, scrapes_refused=self._refused)
+    def mt_stats(self) -> dict[str, Any]:
+        return {"scrapes": self._scrapes, "scrapes_refused": self._refused}
 
     # ----- collection (actor) ---------------------------------------------------------
 

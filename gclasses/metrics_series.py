@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -202,7 +202,10 @@ class _Families:
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             family = cls(name, help_, labels=list(labels))
             self._families[name] = family
-        family.add_metric([str(v) for v in values], value)
+        # Families under `add`'s names are only ever made here: counters or gauges.
+        cast(CounterMetricFamily | GaugeMetricFamily, family).add_metric(
+            [str(v) for v in values], value
+        )
 
     def add_family(self, family: Metric) -> None:
         self._families[family.name] = family
