@@ -171,23 +171,24 @@ class CUdpS(TlsListener, GObj):
         self.stop_cert_watch()
         if self.server is not None:
             self.server.stop_listening()
-            self.mt_stats()
+            self.attrs.update(self.mt_stats())  # the last counts stay readable once stopped
             self.server = None
             self.log("info", "listener stopped", url=self.attrs["url"])
         self.change_state("ST_STOPPED")
 
-    def mt_stats(self) -> None:
+    def mt_stats(self) -> dict[str, Any]:
         server = self.server
-        if server is not None:
-            self.attrs.update(
-                sessions=server.sessions,
-                tsessions=server.tsessions,
-                handshake_failures=server.handshake_failures,
-                cookie_rejections=server.cookie_rejections,
-                rejected=server.rejected,
-                refused=server.refused,
-                dropped=server.dropped,
-            )
+        if server is None:
+            return {}
+        return {
+            "sessions": server.sessions,
+            "tsessions": server.tsessions,
+            "handshake_failures": server.handshake_failures,
+            "cookie_rejections": server.cookie_rejections,
+            "rejected": server.rejected,
+            "refused": server.refused,
+            "dropped": server.dropped,
+        }
 
     # ----- I/O loop callbacks (loop thread: cheap, post to the actor) -----------------
 

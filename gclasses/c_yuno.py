@@ -167,7 +167,12 @@ class CYuno(GObj):
         ]
 
     def check_cert_expiry(self) -> list[dict]:
-        """Layer 3: log critical / warning for listeners whose certificate is near expiry."""
+        """Layer 3: log critical / warning for listeners whose certificate is near expiry.
+        From any thread: it runs on the yuno's actor, which alone writes its attributes."""
+        result: list[dict] = self._call(self._check_cert_expiry)
+        return result
+
+    def _check_cert_expiry(self) -> list[dict]:
         self.attrs["last_cert_check"] = int(time.time())
         warn, critical = self.attrs["cert_warn_days"], self.attrs["cert_critical_days"]
         details = []
