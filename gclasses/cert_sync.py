@@ -38,16 +38,20 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from gclasses.c_timer import CTimer
 from gclasses.tls_listener import RETRY_DELAYS, is_transient_failure
 from yuneta.command import envelope
 from yuneta.errors import AttrError
-from yuneta.gobj import GObj, create_gobj
+from yuneta.gobj import create_gobj
 from yuneta.watch import DirWatcher
+
+if TYPE_CHECKING:
+    from gclasses.c_agent import CAgent
 
 INTERVAL_FLOOR = 30
 #: Files of the store that make up a certificate (SPEC 7: name.crt, name.chain, private/name.key).
@@ -348,7 +352,8 @@ async def _reload(yuno: YunoTarget, row: dict[str, Any], disk: str, retry: bool)
         answer = await yuno.ask("reload-certs", {"__gobj__": row["gobj"]})
         comment = answer.get("comment") or ""
         if answer.get("result", -1) >= 0:
-            data = answer.get("data") if isinstance(answer.get("data"), dict) else {}
+            raw = answer.get("data")
+            data = raw if isinstance(raw, dict) else {}
             return {
                 **row,
                 "action": "reloaded",
@@ -379,10 +384,10 @@ def _no_answer(comment: str) -> bool:
 class CertSync:
     """The agent's cert-sync state. Every method runs on the agent's actor."""
 
-    def __init__(self, agent: GObj) -> None:
+    def __init__(self, agent: CAgent) -> None:
         self.agent = agent
         self.attrs = agent.attrs
-        self.timer = create_gobj("__cert_sync_timer__", "C_TIMER", {}, agent)
+        self.timer = create_gobj("__cert_sync_timer__", CTimer, {}, agent)
         self.watcher: DirWatcher | None = None
         self.snapshot: Snapshot | None = None
         self.running: concurrent.futures.Future | None = None
@@ -435,9 +440,13 @@ class CertSync:
         on = self.playing and self.attrs["cert_sync_enabled"]
         self._stop_watch()
         if on and self.attrs["cert_sync_watch"]:
+
+            def changed(paths: list[str]) -> None:  # on the watcher's thread: only post
+                self.agent.send_event("EV_CERT_STORE_CHANGED", {"paths": paths})
+
             self.watcher = DirWatcher(
                 [self.store_dir],
-                lambda paths: self.agent.send_event("EV_CERT_STORE_CHANGED", {"paths": paths}),
+                changed,
                 debounce=self.attrs["cert_sync_debounce_sec"],
                 recursive=True,
                 owner=self.agent.full_name,

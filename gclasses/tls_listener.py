@@ -142,8 +142,11 @@ class TlsListener:
     if TYPE_CHECKING:  # provided by GObj
         attrs: dict[str, Any]
         running: bool
+        full_name: str
 
         def log(self, level: str, msg: str, /, **fields: Any) -> None: ...
+
+        def send_event(self, event: str, kw: dict | None = None, src: Any = None) -> int | None: ...
 
     def build_ytls(self) -> Ytls:
         """The listener's Ytls from its `crypto` (raises TlsError: a start failure)."""

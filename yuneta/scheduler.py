@@ -21,7 +21,7 @@ class TimerHandle:
 
     __slots__ = ("deadline", "fn", "cancelled")
 
-    def __init__(self, deadline: float, fn: Callable[[], None]) -> None:
+    def __init__(self, deadline: float, fn: Callable[[], object]) -> None:
         self.deadline = deadline
         self.fn = fn
         self.cancelled = False
@@ -40,7 +40,7 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="yuneta-scheduler", daemon=True)
         self._thread.start()
 
-    def call_at(self, deadline: float, fn: Callable[[], None]) -> TimerHandle:
+    def call_at(self, deadline: float, fn: Callable[[], object]) -> TimerHandle:
         """Run `fn` on the scheduler thread at monotonic time `deadline`."""
         handle = TimerHandle(deadline, fn)
         with self._cond:

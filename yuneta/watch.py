@@ -115,7 +115,7 @@ class DirWatcher:
     def __init__(
         self,
         dirs: Iterable[str],
-        on_change: Callable[[list[str]], None],
+        on_change: Callable[[list[str]], object],
         *,
         debounce: float = DEFAULT_DEBOUNCE,
         recursive: bool = False,
