@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,9 +34,11 @@ MIN_SECRET = 16
 class Entry(Protocol):
     """What `judge` reads of a registry entry."""
 
-    label: str
     launched: bool
     verified: bool
+
+    @property
+    def label(self) -> str: ...
 
     @property
     def connected(self) -> bool: ...
@@ -88,7 +91,9 @@ def expected_secret(yuno_id: str, run_root: Path, secrets_dir: Path) -> str | No
     return None
 
 
-def judge(yuno_id: str, entry: Entry | None, card: dict[str, Any], expected: str | None) -> Verdict:
+def judge(
+    yuno_id: str, entry: Entry | None, card: Mapping[str, Any], expected: str | None
+) -> Verdict:
     """Whether the peer presenting `card` may be yuno `yuno_id` now (see the module doc)."""
     if entry is not None and entry.connected:
         return Verdict(-1, f"Yuno id '{yuno_id}' is already connected ({entry.label})")

@@ -385,8 +385,9 @@ class WsServer:
         previous: asyncio.Task | None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        answer: dict
         try:
-            answer = await loop.run_in_executor(
+            handled = await loop.run_in_executor(
                 self._executor,
                 self.on_command,
                 channel,
@@ -395,11 +396,12 @@ class WsServer:
                 request.service,
                 {},
             )
-            if isinstance(answer, concurrent.futures.Future):
-                answer = await asyncio.wait_for(asyncio.wrap_future(answer), COMMAND_WAIT)
-            envelope = answer
+            if isinstance(handled, concurrent.futures.Future):
+                answer = await asyncio.wait_for(asyncio.wrap_future(handled), COMMAND_WAIT)
+            else:
+                answer = handled
         except TimeoutError:
-            envelope = envelope(-1, f"No answer within {COMMAND_WAIT:g} s")
+            answer = envelope(-1, f"No answer within {COMMAND_WAIT:g} s")
         except Exception as exc:
             log(
                 "error",
@@ -561,14 +563,21 @@ class WsClient:
             {"gobj": request_kw["__gobj__"]} if isinstance(request_kw.get("__gobj__"), str) else {}
         )
         params = {k: v for k, v in request_kw.items() if not k.startswith("__") and k != "service"}
+        result: dict
         if not isinstance(command, str) or not command.strip():
             result = envelope(-1, "What command?")
         else:
             loop = asyncio.get_running_loop()
             try:
-                result = await loop.run_in_executor(
+                handled = await loop.run_in_executor(
                     None, self.on_command, channel, command, params, service, extra
                 )
+                if isinstance(handled, concurrent.futures.Future):  # a handler that waits
+                    result = await asyncio.wait_for(asyncio.wrap_future(handled), COMMAND_WAIT)
+                else:
+                    result = handled
+            except TimeoutError:
+                result = envelope(-1, f"No answer within {COMMAND_WAIT:g} s")
             except Exception as exc:
                 result = envelope(-1, f"{type(exc).__name__}: {exc}")
         answer = ievent.build_command_answer(
