@@ -56,18 +56,14 @@ def command_frame(line: str) -> str:
 
 
 def run_as(uid: int, gid: int, port: int, *frames: str) -> list[dict]:
-    """Run the stdlib client as uid:gid (with that user's groups when it has an account)."""
-    try:
-        name = peercred.user_name(uid)
-        groups = ["--init-groups"] if name != str(uid) else ["--clear-groups"]
-    except KeyError:
-        groups = ["--clear-groups"]
+    """Run the stdlib client as uid:gid; the answers it read, in order. (The agent reads a
+    user's groups from the account database, not from the client process.)"""
     proc = subprocess.run(
         [
             "setpriv",
             f"--reuid={uid}",
             f"--regid={gid}",
-            *groups,
+            "--clear-groups",
             SYSTEM_PYTHON,
             "-I",
             "-c",
@@ -315,3 +311,16 @@ def test_a_short_token_is_a_one_line_config_error(tmp_path: Path, tokens: list[s
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
     assert all(t not in proc.stderr for t in tokens)  # the tokens themselves never shown
+
+
+def test_admission_rule_own_uid_root_groups_and_uids(throwaway_user: tuple[str, int, int]):
+    group, uid, _gid = throwaway_user
+    # An agent running as `uid` itself (not root): its own user and root, nobody else.
+    own = peercred.Admission(("yuneta",), (), own_uid=uid)
+    assert own.admits(uid) and own.admits(0)
+    assert not own.admits(NOBODY) and not own.admits(1)
+    # Group membership (primary here) read from the account database at each check.
+    assert peercred.Admission.of([group], []).admits(uid)
+    assert not peercred.Admission.of([group], []).admits(NOBODY)
+    assert peercred.Admission.of(["no-such-group-at-all"], [NOBODY]).admits(NOBODY)
+    assert not peercred.Admission.of(["no-such-group-at-all"], []).admits(123456)  # no account
