@@ -61,6 +61,18 @@ LISTENER_SERIES: tuple[tuple[str, str, str, str], ...] = (
         "counter",
         "DTLS sessions established since the yuno started",
     ),
+    (
+        "cookie_rejections",
+        "yuneta_dtls_cookie_rejections",
+        "counter",
+        "ClientHellos answered statelessly for want of a valid cookie (a flood shows here)",
+    ),
+    (
+        "refused",
+        "yuneta_listener_peers_refused",
+        "counter",
+        "Datagrams of new peers refused at max_sessions",
+    ),
 )
 
 #: Attributes of the yuno's root that are read too (thresholds come with cert-expiry-status).

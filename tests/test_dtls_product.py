@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from dtls_helpers import DtlsClient, free_udp_port
-from procs import CONFIGS, Agent, kill_tree, write_json, ycommand, ycommand_json
+from metrics_env import MetricsAgent, start_agent
+from procs import CONFIGS, kill_tree, write_json, ycommand, ycommand_json
 from test_tls_product import RELOAD, Store, make_store, write_mismatched_key
 
 ECHO_DTLS = CONFIGS / "echo-dtls.json"
@@ -21,11 +22,15 @@ ECHO_DTLS = CONFIGS / "echo-dtls.json"
 
 @dataclass
 class DtlsYuno:
-    agent: Agent
+    host: MetricsAgent  # the agent, with its /metrics
     store: Store
     port: int
     name: str
     serial: str
+
+    @property
+    def agent_url(self) -> str:
+        return self.host.agent.url
 
     def client(self, timeout: float = 10.0) -> DtlsClient:
         return DtlsClient(self.port, self.store.ca).handshake(timeout)
@@ -46,7 +51,8 @@ def wait_dtls(port: int, ca: Path, timeout: float = 30.0) -> None:
 @pytest.fixture
 def dtls_yuno(tmp_path: Path) -> Iterator[DtlsYuno]:
     store, serial = make_store(tmp_path / "store")
-    agent = Agent(tmp_path / "agent-run").start()
+    host = start_agent(tmp_path / "agent-run")
+    agent = host.agent
     port, name = free_udp_port(), "echo_dtls_product"
     override = write_json(
         tmp_path / "echo-dtls-override.json",
@@ -68,7 +74,7 @@ def dtls_yuno(tmp_path: Path) -> Iterator[DtlsYuno]:
         assert rc == 0 and answer["result"] == 0, answer
         pid = answer["data"][0]["pid"]
         wait_dtls(port, store.ca)
-        yield DtlsYuno(agent, store, port, name, serial)
+        yield DtlsYuno(host, store, port, name, serial)
     finally:
         ycommand(agent.url, "-c", f"kill-yuno yuno_name={name}", wait=30)
         if pid:
@@ -123,7 +129,7 @@ def test_reload_certs_through_ycommand_and_the_agent_reaches_the_dtls_listener(
     live = [dtls_yuno.client() for _ in range(20)]
     assert {c.serial for c in live} == {dtls_yuno.serial}
     new_serial = dtls_yuno.store.rotate()
-    rc, envelope = ycommand_json(dtls_yuno.agent.url, RELOAD)
+    rc, envelope = ycommand_json(dtls_yuno.agent_url, RELOAD)
     assert rc == 0 and envelope["result"] == 0, envelope
     answer = envelope["data"][0]["data"]
     assert answer["reloaded"] == 1 and answer["failed"] == 0
@@ -136,7 +142,7 @@ def test_reload_certs_through_ycommand_and_the_agent_reaches_the_dtls_listener(
         assert fresh.serial == new_serial != dtls_yuno.serial
 
     rc, status = ycommand_json(
-        dtls_yuno.agent.url, "command-yuno command=cert-expiry-status service=__yuno__"
+        dtls_yuno.agent_url, "command-yuno command=cert-expiry-status service=__yuno__"
     )
     data = status["data"][0]["data"]
     assert rc == 0 and data["listeners"] == 1
@@ -144,7 +150,7 @@ def test_reload_certs_through_ycommand_and_the_agent_reaches_the_dtls_listener(
 
     # A key that matches nothing: refused by name, the live sessions and the new cert stay.
     write_mismatched_key(dtls_yuno.store.key)
-    proc = ycommand(dtls_yuno.agent.url, "-c", RELOAD)
+    proc = ycommand(dtls_yuno.agent_url, "-c", RELOAD)
     assert proc.returncode == 255, proc.stdout
     assert (
         f"ERROR -1: echo_dtls^{dtls_yuno.name}: reloaded 0 TLS listener(s), 1 failed" in proc.stdout
@@ -157,4 +163,16 @@ def test_reload_certs_through_ycommand_and_the_agent_reaches_the_dtls_listener(
         assert fresh.serial == new_serial
     for client in live:
         assert client.echo(b"still here") == b"still here"
+
+    # What the operator's Prometheus sees of the DTLS listener.
+    who = {"yuno_role": "echo_dtls", "yuno_name": dtls_yuno.name, "listener": "echo_dtls"}
+    scrape = dtls_yuno.host.wait_scrape(
+        lambda s: s.get("yuneta_tls_reloads_total", result="failure", **who) == 1
+    )
+    assert scrape.get("yuneta_dtls_sessions", **who) == 20
+    assert scrape.get("yuneta_dtls_sessions_accepted_total", **who) >= 23
+    assert scrape.get("yuneta_dtls_cookie_rejections_total", **who) >= 23
+    assert scrape.get("yuneta_tls_reloads_total", result="success", **who) == 1
+    assert scrape.labels("yuneta_tls_cert_info", **who)[0]["serial"] == new_serial
+    for client in live:
         client.close()
