@@ -19,7 +19,7 @@ from test_c_tcp_s import _bad_material
 
 from yuneta.config import load_config
 from yuneta.dtls import DtlsSession
-from yuneta.errors import ConfigError
+from yuneta.errors import AttrError, ConfigError
 from yuneta.runtime import YunoRuntime
 from yuneta.udpio import EchoDatagramHandler
 from yuneta.ytls import TlsError
@@ -589,3 +589,26 @@ def test_each_listener_gclass_checks_crypto_as_its_reload_does(tmp_path, ca):
     with pytest.raises(TlsError, match="DTLS 1.2"):  # TLS 1.3 only: fine for TCP, not DTLS
         CUdpS.check_crypto(good.crypto(ssl_min_version="TLSv1.3"))
     assert CTcpS.check_crypto(good.crypto(ssl_min_version="TLSv1.3")).serial == good.serial
+
+
+def test_a_port_in_use_is_a_clear_start_failure(tmp_path, yunos):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        config = load_config(
+            [],
+            extra=[
+                {
+                    "environment": {"work_dir": str(tmp_path / "work")},
+                    "yuno": {"yuno_role": "echo_dtls", "yuno_name": "t1"},
+                    "services": [
+                        {"name": "l", "gclass": "C_UDP_S", "kw": {"url": f"udp://127.0.0.1:{port}"}}
+                    ],
+                }
+            ],
+        )
+        rt = YunoRuntime(config)
+        rt.build()
+        yunos.append(rt)
+        with pytest.raises(AttrError, match=f"cannot listen on udp://127.0.0.1:{port}: .*in use"):
+            rt.start()
