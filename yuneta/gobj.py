@@ -125,7 +125,7 @@ class _CheckedAttrs(dict[str, Any]):
 
     def _check(self, key: object = "") -> None:
         actor = self._gobj._thread
-        if actor is None or threading.current_thread() is actor or not actor.is_alive():
+        if actor is None or actor.ident == threading.get_ident() or not actor.is_alive():
             return
         problem = (
             f"{self._gobj.full_name}: attribute {key!r} written from thread "
@@ -135,8 +135,10 @@ class _CheckedAttrs(dict[str, Any]):
         raise ThreadRuleError(problem)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._check(key)
-        super().__setitem__(key, value)
+        actor = self._gobj._thread  # the common case inline: a write on the actor itself
+        if actor is not None and actor.ident != threading.get_ident():
+            self._check(key)
+        dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: str) -> None:
         self._check(key)
