@@ -168,6 +168,11 @@ def test_hundred_live_sessions_echo_across_ten_reloads_and_new_ones_see_the_new_
             with DtlsClient(port, ca).handshake() as fresh:
                 assert fresh.serial == issued.serial
         assert {c.serial for c in clients} == {first.serial}  # born before every reload
+        # The server's side agrees: every live peer still holds the first context.
+        peers = listener.server.peers()
+        assert len(peers) == 100 and {p.cert_serial for p in peers} == {first.serial}
+        assert all(p.is_tls for p in peers)
+        del peers  # they hold their sessions, hence the old contexts checked below
         stats = attrs(listener)
         assert stats["reloads"] == 10 and stats["sessions"] >= 100
     finally:
@@ -399,6 +404,8 @@ def test_plain_udp_echoes_keys_peers_and_refuses_cert_commands(tmp_path, yunos):
             s.sendto(f"datagram {i}".encode(), ("127.0.0.1", port))
             assert s.recvfrom(2048) == (f"datagram {i}".encode(), ("127.0.0.1", port))
         assert attrs(listener)["sessions"] == 3 and attrs(listener)["tsessions"] == 3
+        assert not any(p.is_tls for p in listener.server.peers())
+        assert listener.server.stats()["listening"] is True
         wait_for(lambda: attrs(listener)["sessions"] == 0, timeout=5)  # idle peers forgotten
     finally:
         for s in socks:

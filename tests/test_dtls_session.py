@@ -152,8 +152,8 @@ def test_a_dropped_flight_is_retransmitted_with_backoff_and_completes(ca, issued
     assert done and client.is_open
     assert len(server_flights) >= 3
     first, second = server_flights[1] - server_flights[0], server_flights[2] - server_flights[1]
-    # OpenSSL's timer: 1 s, then doubled.
-    assert 0.8 <= first <= 1.6 and 1.7 <= second <= 3.2, (first, second)
+    # OpenSSL's timer: 1 s, then doubled (upper bounds loose: the machine is shared).
+    assert 0.8 <= first <= 3.0 and 1.7 <= second <= 6.0 and second >= first + 0.5, (first, second)
 
 
 def test_idle_peer_is_reaped_and_handshakes_time_out(ca, issued):
