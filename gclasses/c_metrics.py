@@ -46,6 +46,7 @@ from yuneta.gobj import GObj, create_gobj
 
 RW = Flag.RD | Flag.WR
 PATH = "/metrics"
+MAX_SKIP = 6  # rounds a down yuno may go unasked: a minute at the default refresh
 
 GCLASS = GClassDef(
     name="C_METRICS",
@@ -139,7 +140,9 @@ class CMetrics(TlsListener, GObj):
         self._collecting = False
         self._last_seen: dict[tuple[str, str], float] = {}
         self._up: set[tuple[str, str]] = set()
-        self._lagging_since: dict[tuple[str, str, str], float] = {}
+        #: (role, name) -> (rounds skipped each time, rounds left to skip) of down yunos.
+        self._skip: dict[tuple[str, str], tuple[int, int]] = {}
+        self._asked: set[tuple[str, str]] = set()  # yunos asked in the round under way
         self._scrapes = self._refused = 0  # counted on the I/O loop; mt_stats reads them
         # Asks to the agent's own actors wait here, never on the loop or its default pool.
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="metrics")
@@ -212,8 +215,11 @@ class CMetrics(TlsListener, GObj):
                 if key not in self._up and key in self._last_seen:
                     self.log("info", "yuno answers metrics again", yuno=label)
                 self._last_seen[key] = started
-            elif key in self._up:
-                self.log("warning", "yuno stopped answering metrics", yuno=label)
+                self._skip.pop(key, None)
+            else:
+                if key in self._up:
+                    self.log("warning", "yuno stopped answering metrics", yuno=label)
+                self._back_off(key)
             yunos.append(replace(sample, last_seen=self._last_seen.get(key, 0.0)))
         self._up = {(y.role, y.name) for y in yunos if y.up}
         self.snapshot = Snapshot(
@@ -221,7 +227,6 @@ class CMetrics(TlsListener, GObj):
             duration=duration,
             yunos=tuple(yunos),
             sync=sync,
-            lagging=self._lagging(sync, started),
             renewal_period=float(self.attrs["renewal_period_sec"]),
         )
         self.attrs["refreshes"] += 1
@@ -229,26 +234,14 @@ class CMetrics(TlsListener, GObj):
         self.attrs["yunos_down"] = sum(1 for y in yunos if not y.up)
         return 0
 
-    def _lagging(self, sync: dict | None, now: float) -> dict[tuple[str, str, str], float]:
-        """Seconds each lagging listener has been lagging: since the sync says so, else
-        since the first refresh that saw it lagging without a break."""
-        entries = sync.get("lagging") if isinstance(sync, dict) else None
-        current: dict[tuple[str, str, str], float] = {}
-        for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            key = (
-                str(entry.get("yuno_role", "")),
-                str(entry.get("yuno_name", "")),
-                str(entry.get("listener", entry.get("gobj", ""))),
-            )
-            since = entry.get("since")
-            if isinstance(since, (int, float)) and not isinstance(since, bool) and since > 0:
-                current[key] = float(since)
-            else:
-                current[key] = self._lagging_since.get(key, now)
-        self._lagging_since = current
-        return {key: max(0.0, now - since) for key, since in current.items()}
+    def _back_off(self, key: tuple[str, str]) -> None:
+        """A yuno that does not answer is asked again after 1, 2, 4... rounds (at most
+        MAX_SKIP): a stopped yuno reads nothing, so every request to it waits in its
+        socket's buffers until it runs again; this keeps that queue small."""
+        if key not in self._asked:
+            return  # skipped this round: its wait goes on
+        rounds = min(self._skip[key][0] * 2, MAX_SKIP) if key in self._skip else 1
+        self._skip[key] = (rounds, rounds)
 
     def _targets(self) -> list[tuple[str, str, Any]]:
         """(role, name, channel or None) of every yuno to ask, one per role^name: a running
@@ -264,7 +257,17 @@ class CMetrics(TlsListener, GObj):
             key = (e.yuno_role, e.yuno_name)
             if key not in best or rank > best[key][0]:
                 best[key] = (rank, channel)
-        return [(role, name, channel) for (role, name), (_r, channel) in best.items()]
+        targets = []
+        self._asked = set()
+        for (role, name), (_rank, channel) in best.items():
+            skip = self._skip.get((role, name))
+            if skip is not None and skip[1] > 0:
+                self._skip[(role, name)] = (skip[0], skip[1] - 1)
+                channel = None  # down at its last ask: not asked this round
+            if channel is not None:
+                self._asked.add((role, name))
+            targets.append((role, name, channel))
+        return targets
 
     # ----- collection (I/O loop) ------------------------------------------------------
 

@@ -15,7 +15,7 @@ was last seen: its other series go stale rather than repeat old values.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from prometheus_client.metrics_core import (
@@ -30,36 +30,70 @@ DAY = 86400
 YUNO_LABELS = ("yuno_role", "yuno_name")
 LISTENER_LABELS = ("yuno_role", "yuno_name", "listener")
 
-#: Listener attributes read from `view-gobj-tree`: (attribute, family, kind, help). A gobj
-#: is a listener when it has `use_ssl` (every listener gclass mixes in the TLS attributes).
-#: Two attributes may feed one family (C_IEVENT_SRV calls its open connections `clients`).
-LISTENER_SERIES: tuple[tuple[str, str, str, str], ...] = (
-    ("connxs", "yuneta_listener_connections", "gauge", "Connections open now"),
-    ("clients", "yuneta_listener_connections", "gauge", "Connections open now"),
-    (
+
+@dataclass(frozen=True)
+class Series:
+    """One listener counter: the attribute `view-gobj-tree` gives, the family it feeds,
+    and, when the attribute means something else elsewhere, the one gclass it is read from."""
+
+    attr: str
+    family: str
+    kind: str  # "gauge" or "counter"
+    help: str
+    gclass: str = ""
+
+
+#: Listener attributes read from `view-gobj-tree`. A gobj is a listener when it has
+#: `use_ssl` (every listener gclass mixes in the TLS attributes). Two attributes may feed
+#: one family (C_IEVENT_SRV calls its open connections `clients`).
+LISTENER_SERIES: tuple[Series, ...] = (
+    Series("connxs", "yuneta_listener_connections", "gauge", "Connections open now"),
+    Series("clients", "yuneta_listener_connections", "gauge", "Connections open now"),
+    Series(
         "tconnxs",
         "yuneta_listener_connections_accepted",
         "counter",
-        "Connections accepted since the yuno started",
+        "Connections accepted (handshake done) since the yuno started",
     ),
-    (
+    Series(
         "rejected",
         "yuneta_listener_connections_rejected",
         "counter",
         "Connections refused by only_allowed_ips",
+        "C_TCP_S",
     ),
-    (
+    Series(
         "handshake_failures",
         "yuneta_tls_handshake_failures",
         "counter",
         "TLS or DTLS handshakes that failed",
     ),
-    ("sessions", "yuneta_dtls_sessions", "gauge", "DTLS sessions open now"),
-    (
+    Series("sessions", "yuneta_dtls_sessions", "gauge", "DTLS sessions (peers) live now"),
+    Series(
         "tsessions",
         "yuneta_dtls_sessions_accepted",
         "counter",
-        "DTLS sessions established since the yuno started",
+        "DTLS sessions (peers) admitted since the yuno started",
+    ),
+    Series(
+        "cookie_rejections",
+        "yuneta_dtls_cookie_rejections",
+        "counter",
+        "ClientHellos without a valid cookie, answered statelessly",
+    ),
+    Series(
+        "rejected",
+        "yuneta_udp_datagrams_rejected",
+        "counter",
+        "Datagrams refused by only_allowed_ips",
+        "C_UDP_S",
+    ),
+    Series(
+        "dropped",
+        "yuneta_udp_datagrams_dropped",
+        "counter",
+        "Datagrams from unknown peers that opened nothing",
+        "C_UDP_S",
     ),
     (
         "cookie_rejections",
@@ -75,51 +109,42 @@ LISTENER_SERIES: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 
-#: Attributes of the yuno's root that are read too (thresholds come with cert-expiry-status).
-ROOT_ATTRS = ("yuno_role", "yuno_name")
-
 #: Every attribute `view-gobj-tree` is asked for.
 TREE_ATTRS = ",".join(
     dict.fromkeys(
-        (
-            "use_ssl",
-            "reloads",
-            "reload_failures",
-            "last_reload_error",
-            *(row[0] for row in LISTENER_SERIES),
-            *ROOT_ATTRS,
-        )
+        ("use_ssl", "reloads", "reload_failures", "last_reload_error")
+        + tuple(row.attr for row in LISTENER_SERIES)
     )
 )
 
-#: `cert-sync-status` fields exported as they are: (key, family, kind, help).
-SYNC_SERIES: tuple[tuple[str, str, str, str], ...] = (
-    ("enabled", "yuneta_cert_sync_enabled", "gauge", "1 when the agent's certificate sync runs"),
-    (
+#: `cert-sync-status` fields exported as they are (`attr` is the key in its data).
+SYNC_SERIES: tuple[Series, ...] = (
+    Series("enabled", "yuneta_cert_sync_enabled", "gauge", "1 when the agent's cert-sync runs"),
+    Series(
         "interval_sec",
         "yuneta_cert_sync_interval_seconds",
         "gauge",
         "Seconds between certificate sync ticks",
     ),
-    (
+    Series(
         "last_check",
         "yuneta_cert_sync_last_check_timestamp_seconds",
         "gauge",
         "Unix time of the last sync tick (0: never)",
     ),
-    (
+    Series(
         "last_action",
         "yuneta_cert_sync_last_action_timestamp_seconds",
         "gauge",
         "Unix time the last sync tick found a change and reloaded (0: never)",
     ),
-    (
+    Series(
         "failures",
         "yuneta_cert_sync_failures",
         "counter",
         "Sync ticks whose copy failed with nothing changed",
     ),
-    (
+    Series(
         "deploy_hook_last_run",
         "yuneta_deploy_hook_last_run_timestamp_seconds",
         "gauge",
@@ -159,8 +184,6 @@ class Snapshot:
     duration: float = 0.0
     yunos: tuple[YunoSample, ...] = ()
     sync: dict | None = None
-    #: (yuno_role, yuno_name, listener) -> seconds it has been lagging behind the store.
-    lagging: dict[tuple[str, str, str], float] = field(default_factory=dict)
     renewal_period: float = 0.0
 
 
@@ -314,10 +337,11 @@ def _yuno_listeners(out: _Families, cert_info: InfoMetricFamily, y: YunoSample) 
     for node in listeners_of(y.tree or {}):
         attrs, listener = node["attrs"], str(node.get("name", ""))
         labels = (*who, listener)
-        for attr, family, kind, help_ in LISTENER_SERIES:
-            value = _number(attrs.get(attr))
-            if value is not None:
-                out.add(kind, family, help_, LISTENER_LABELS, labels, value)
+        gclass = node.get("gclass", "")
+        for row in LISTENER_SERIES:
+            value = _number(attrs.get(row.attr))
+            if value is not None and row.gclass in ("", gclass):
+                out.add(row.kind, row.family, row.help, LISTENER_LABELS, labels, value)
         if not attrs.get("use_ssl"):
             continue
         for result, attr in (("success", "reloads"), ("failure", "reload_failures")):
@@ -367,10 +391,10 @@ def _yuno_listeners(out: _Families, cert_info: InfoMetricFamily, y: YunoSample) 
 
 def _sync(out: _Families, snap: Snapshot) -> None:
     sync = snap.sync or {}
-    for key, family, kind, help_ in SYNC_SERIES:
-        value = _number(sync.get(key))
+    for row in SYNC_SERIES:
+        value = _number(sync.get(row.attr))
         if value is not None:
-            out.add(kind, family, help_, (), (), value)
+            out.add(row.kind, row.family, row.help, (), (), value)
     current = sync.get("last_result")
     if isinstance(current, str):
         for result in dict.fromkeys((*SYNC_RESULTS, current)):
@@ -382,22 +406,27 @@ def _sync(out: _Families, snap: Snapshot) -> None:
                 (result,),
                 1.0 if result == current else 0.0,
             )
+    lagging = [e for e in sync.get("lagging") or [] if isinstance(e, dict)]
     out.add(
         "gauge",
         "yuneta_cert_sync_listeners_lagging",
-        "TLS listeners serving a certificate older than the store's",
+        "TLS listeners serving another certificate than the store's after a sync tick",
         (),
         (),
-        float(len(snap.lagging)),
+        float(len(lagging)),
     )
-    for (role, name, listener), seconds in snap.lagging.items():
+    for entry in lagging:
+        # cert-sync names the yuno `role^name` and the listener by gobj ("*": the yuno
+        # did not answer at all); `since` is when the tick first found it lagging.
+        role, _, name = str(entry.get("yuno", "")).partition("^")
+        since = _number(entry.get("since"))
         out.add(
             "gauge",
             "yuneta_cert_sync_listener_lagging_seconds",
-            "Seconds a listener has been serving a certificate older than the store's",
+            "Seconds a listener has been serving another certificate than the store's",
             LISTENER_LABELS,
-            (role, name, listener),
-            seconds,
+            (role, name, str(entry.get("gobj", ""))),
+            max(0.0, snap.taken - since) if since is not None else 0.0,
         )
 
 

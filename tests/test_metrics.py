@@ -307,3 +307,53 @@ def test_two_gobjs_of_one_name_never_make_a_duplicate_sample():
     snap = Snapshot(yunos=(YunoSample("r", "n", True, 1.0, 0.0, tree, None),))
     (family,) = [m for m in families(snap) if m.name == "yuneta_listener_connections"]
     assert [s.value for s in family.samples] == [1.0]
+
+
+def _samples(snap: Snapshot) -> dict[tuple[str, tuple], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in families(snap)
+        for s in m.samples
+    }
+
+
+def test_cert_sync_status_becomes_series():
+    sync = {
+        "enabled": True,
+        "interval_sec": 900,
+        "last_check": 990,
+        "last_action": 500,
+        "last_result": "copy-script-failed",
+        "failures": 2,
+        "deploy_hook_last_run": 400,
+        "lagging": [{"yuno": "echo_tls^e1", "gobj": "echo_tls", "since": 100, "reason": "x"}],
+    }
+    got = _samples(Snapshot(taken=1000.0, sync=sync))
+    assert got[("yuneta_cert_sync_enabled", ())] == 1
+    assert got[("yuneta_cert_sync_interval_seconds", ())] == 900
+    assert got[("yuneta_cert_sync_last_check_timestamp_seconds", ())] == 990
+    assert got[("yuneta_cert_sync_last_action_timestamp_seconds", ())] == 500
+    assert got[("yuneta_cert_sync_failures_total", ())] == 2
+    assert got[("yuneta_deploy_hook_last_run_timestamp_seconds", ())] == 400
+    assert got[("yuneta_cert_sync_last_result", (("result", "copy-script-failed"),))] == 1
+    assert got[("yuneta_cert_sync_last_result", (("result", "reloaded"),))] == 0
+    assert got[("yuneta_cert_sync_listeners_lagging", ())] == 1
+    lag = (("listener", "echo_tls"), ("yuno_name", "e1"), ("yuno_role", "echo_tls"))
+    assert got[("yuneta_cert_sync_listener_lagging_seconds", lag)] == 900
+
+
+def test_an_attribute_of_one_name_feeds_the_family_of_its_gclass():
+    # `rejected` counts connections on C_TCP_S and datagrams on C_UDP_S.
+    tree = {
+        "name": "y",
+        "children": [
+            {"name": "t", "gclass": "C_TCP_S", "attrs": {"use_ssl": True, "rejected": 1}},
+            {"name": "u", "gclass": "C_UDP_S", "attrs": {"use_ssl": True, "rejected": 7}},
+        ],
+    }
+    got = _samples(Snapshot(yunos=(YunoSample("r", "n", True, 1.0, 0.0, tree, None),)))
+    t = (("listener", "t"), ("yuno_name", "n"), ("yuno_role", "r"))
+    u = (("listener", "u"), ("yuno_name", "n"), ("yuno_role", "r"))
+    assert got[("yuneta_listener_connections_rejected_total", t)] == 1
+    assert got[("yuneta_udp_datagrams_rejected_total", u)] == 7
+    assert ("yuneta_listener_connections_rejected_total", u) not in got

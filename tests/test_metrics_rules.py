@@ -6,6 +6,7 @@ one day from expiry.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -147,3 +148,87 @@ def _wait_firing(port: int, name: str, timeout: float) -> list[dict]:
         if time.monotonic() > deadline:
             raise AssertionError(f"{name} not firing after {timeout} s: {alerts}")
         time.sleep(0.5)
+
+
+DASHBOARD = ROOT / "configs" / "grafana" / "yuneta-dashboard.json"
+
+
+def _dashboard_exprs() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p["targets"]]
+
+
+def _exported_names() -> set[str]:
+    """Every sample name the exporter can emit: a snapshot with every listener attribute,
+    certificate and cert-sync field filled in."""
+    from gclasses.metrics_series import LISTENER_SERIES, Snapshot, YunoSample, families
+
+    listeners = [
+        {
+            "name": f"l{i}",
+            "gclass": row.gclass,
+            "attrs": {
+                "use_ssl": True,
+                "reloads": 1,
+                "reload_failures": 0,
+                "last_reload_error": "",
+                row.attr: 1,
+            },
+        }
+        for i, row in enumerate(LISTENER_SERIES)
+    ]
+    cert = {
+        "gobj": "l0",
+        "not_after": 2,
+        "not_before": 1,
+        "subject": "s",
+        "issuer": "i",
+        "serial": "1",
+    }
+    expiry = {"warn_threshold": 7, "critical_threshold": 2, "details": [cert]}
+    sync = {
+        "enabled": True,
+        "interval_sec": 1,
+        "last_check": 1,
+        "last_action": 1,
+        "last_result": "",
+        "failures": 0,
+        "deploy_hook_last_run": 1,
+        "lagging": [{"yuno": "r^n", "gobj": "l0", "since": 1}],
+    }
+    tree = {"name": "y", "children": listeners}
+    snap = Snapshot(yunos=(YunoSample("r", "n", True, 1.0, 0.0, tree, expiry),), sync=sync)
+    return {s.name for m in families(snap) for s in m.samples}
+
+
+def test_rules_and_dashboard_only_use_series_the_agent_exports():
+    exported = _exported_names()
+    used = set(re.findall(r"\byuneta_[a-z_]+", RULES.read_text()))
+    for expr in _dashboard_exprs():
+        used |= set(re.findall(r"\byuneta_[a-z_]+", expr))
+    assert used and used <= exported, sorted(used - exported)
+
+
+@need_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    # promtool has no expression checker of its own: each query becomes a recording rule.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {
+                        "record": f"dashboard:query_{i}",
+                        "expr": expr.replace("$instance", ".*").replace("$__rate_interval", "5m"),
+                    }
+                    for i, expr in enumerate(_dashboard_exprs())
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(json.dumps(rules))
+    proc = subprocess.run(
+        [PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
