@@ -242,8 +242,18 @@ class _Families:
             [str(v) for v in values], value
         )
 
-    def add_family(self, family: Metric) -> None:
-        self._families[family.name] = family
+    def add_info(
+        self, name: str, help_: str, labels: tuple[str, ...], values: tuple, info: dict[str, str]
+    ) -> None:
+        key = (name, tuple(str(v) for v in values))
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        family = self._families.get(name)
+        if family is None:
+            family = InfoMetricFamily(name, help_, labels=list(labels))
+            self._families[name] = family
+        family.add_metric([str(v) for v in values], info)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())
@@ -252,11 +262,6 @@ class _Families:
 def families(snap: Snapshot) -> list[Metric]:
     """The metric families of one snapshot."""
     out = _Families()
-    cert_info = InfoMetricFamily(
-        "yuneta_tls_cert",
-        "Certificate a TLS listener serves now",
-        labels=[*LISTENER_LABELS, "subject", "issuer", "serial"],
-    )
     for y in snap.yunos:
         who = (y.role, y.name)
         out.add(
@@ -285,8 +290,7 @@ def families(snap: Snapshot) -> list[Metric]:
             who,
             y.collect_seconds,
         )
-        _yuno_listeners(out, cert_info, y)
-    out.add_family(cert_info)
+        _yuno_listeners(out, y)
     if snap.sync is not None:
         _sync(out, snap)
     out.add(
@@ -316,7 +320,7 @@ def families(snap: Snapshot) -> list[Metric]:
     return list(out)
 
 
-def _yuno_listeners(out: _Families, cert_info: InfoMetricFamily, y: YunoSample) -> None:
+def _yuno_listeners(out: _Families, y: YunoSample) -> None:
     who = (y.role, y.name)
     expiry = y.expiry or {}
     for key, name in (
@@ -379,13 +383,12 @@ def _yuno_listeners(out: _Families, cert_info: InfoMetricFamily, y: YunoSample) 
                     labels,
                     value,
                 )
-        cert_info.add_metric(
-            list(labels),
-            {
-                "subject": str(cert.get("subject", "")),
-                "issuer": str(cert.get("issuer", "")),
-                "serial": str(cert.get("serial", "")),
-            },
+        out.add_info(
+            "yuneta_tls_cert",
+            "Certificate a TLS listener serves now",
+            LISTENER_LABELS,
+            labels,
+            {key: str(cert.get(key, "")) for key in ("subject", "issuer", "serial")},
         )
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from metrics_env import YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
 from procs import CONFIGS, Agent, child_env, write_json, ycommand_json
+from prometheus_client import CollectorRegistry, generate_latest
 
-from gclasses.metrics_series import Snapshot, YunoSample, families
+from gclasses.metrics_series import Snapshot, SnapshotCollector, YunoSample, families
 
 RELOAD = "command-yuno command=reload-certs service=__yuno__"
 ECHO = {"yuno_role": "echo_tls", "yuno_name": "echo1", "listener": "echo_tls"}
@@ -304,9 +305,24 @@ def test_two_gobjs_of_one_name_never_make_a_duplicate_sample():
             {"name": "x", "children": [dict(node, attrs={"use_ssl": False, "connxs": 9})]},
         ],
     }
-    snap = Snapshot(yunos=(YunoSample("r", "n", True, 1.0, 0.0, tree, None),))
-    (family,) = [m for m in families(snap) if m.name == "yuneta_listener_connections"]
-    assert [s.value for s in family.samples] == [1.0]
+    certs = [
+        {"gobj": "l", "not_after": 5, "serial": "A"},
+        {"gobj": "l", "not_after": 6, "serial": "B"},
+    ]
+    expiry = {"details": certs}
+    snap = Snapshot(yunos=(YunoSample("r", "n", True, 1.0, 0.0, tree, expiry),))
+    by_name = {m.name: m for m in families(snap)}
+    assert [s.value for s in by_name["yuneta_listener_connections"].samples] == [1.0]
+    assert [s.value for s in by_name["yuneta_tls_cert_not_after_timestamp_seconds"].samples] == [5]
+    assert [s.labels["serial"] for s in by_name["yuneta_tls_cert"].samples] == ["A"]
+    text = generate_latest(_Registry(snap)).decode()
+    assert text.count("yuneta_tls_cert_info{") == 1
+
+
+class _Registry(CollectorRegistry):
+    def __init__(self, snap: Snapshot) -> None:
+        super().__init__(auto_describe=False)
+        self.register(SnapshotCollector(lambda: snap))
 
 
 def _samples(snap: Snapshot) -> dict[tuple[str, tuple], float]:
