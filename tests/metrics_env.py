@@ -8,7 +8,6 @@ HTTP(S) request parsed with prometheus_client's own parser.
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certs import Issued, TestCA
+from certs import TestCA
 from procs import (
     CONFIGS,
     Agent,
@@ -102,7 +101,7 @@ class MetricsAgent:
                 raise AssertionError(f"not seen within {timeout} s; last scrape: {scrape.samples}")
             time.sleep(0.1)
 
-    def run_echo(self, tmp: Path, name: str, issued: Issued) -> tuple[int, int]:
+    def run_echo(self, tmp: Path, name: str, issued: Any) -> tuple[int, int]:
         """Launch an echo yuno serving `issued` through the agent; (pid, its TLS port)."""
         port = free_port()
         override = write_json(
@@ -150,18 +149,18 @@ def start_agent(
     metrics_kw: dict[str, Any] | None = None,
     token: str | None = None,
     context: ssl.SSLContext | None = None,
+    agent_kw: dict[str, Any] | None = None,
 ) -> MetricsAgent:
-    """A real agent whose C_METRICS refreshes every REFRESH_MSEC (variables and kw merged)."""
+    """A real agent whose C_METRICS refreshes every REFRESH_MSEC; config `variables`, and
+    kw of C_METRICS and C_AGENT, merged over the shipped configs/agent.json."""
     workdir.mkdir(parents=True, exist_ok=True)
     kw = {"refresh_msec": REFRESH_MSEC, "yuno_timeout": YUNO_TIMEOUT, **(metrics_kw or {})}
+    overrides = {f"C_METRICS.{k}": v for k, v in kw.items()}
+    overrides.update({f"C_AGENT.{k}": v for k, v in (agent_kw or {}).items()})
     agent = Agent(
         workdir,
-        extra={"global": {f"C_METRICS.{k}": v for k, v in kw.items()}},
+        extra={"__json_config_variables__": variables or {}, "global": overrides},
     )
-    if variables:
-        data = json.loads(agent.override.read_text())
-        data["__json_config_variables__"].update(variables)
-        write_json(agent.override, data)
     agent.start()
     try:
         return MetricsAgent(agent, metrics_url(agent), token, context)

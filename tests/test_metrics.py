@@ -16,9 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from certs import Issued
 from metrics_env import YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
 from procs import CONFIGS, Agent, child_env, write_json, ycommand_json
 from prometheus_client import CollectorRegistry, generate_latest
@@ -373,3 +375,75 @@ def test_an_attribute_of_one_name_feeds_the_family_of_its_gclass():
     assert got[("yuneta_listener_connections_rejected_total", t)] == 1
     assert got[("yuneta_udp_datagrams_rejected_total", u)] == 7
     assert ("yuneta_listener_connections_rejected_total", u) not in got
+
+
+def _install(issued: Issued, cert: Path, key: Path) -> None:
+    """Key first, then certificate, each by an atomic rename (what copy-certs.sh ends with)."""
+    for src, dst in ((issued.key_path, key), (issued.cert_path, cert)):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+
+
+def test_cert_sync_results_lagging_and_deploy_hook_reach_the_scrape(tmp_path):
+    ca = new_ca()
+    store = tmp_path / "store"
+    cert, key = store / "one.crt", store / "private" / "one.key"
+    _install(ca.issue(tmp_path / "v1", "localhost", days=30), cert, key)
+    stamp = tmp_path / "last-deploy-hook-run"
+    stamp.write_text("1700000000\n")
+    host = start_agent(
+        tmp_path / "agent-run",
+        variables={"cert_sync_store_dir": str(store), "cert_sync_copy_cmd": "/bin/false"},
+        agent_kw={"cert_sync_debounce_sec": 0.2, "cert_sync_stamp_file": str(stamp)},
+    )
+    try:
+        pid, _port = host.run_echo(tmp_path, "echo1", _Files(cert, key))
+        # The copy command fails and nothing changed: a failure (SPEC 5).
+        rc, answer = ycommand_json(host.agent.url, "cert-sync-now")
+        assert answer["data"]["result"] == "copy-script-failed", answer
+        scrape = host.wait_scrape(
+            lambda s: s.get("yuneta_cert_sync_last_result", result="copy-script-failed") == 1
+        )
+        assert scrape.get("yuneta_cert_sync_failures_total") >= 1
+        assert scrape.get("yuneta_cert_sync_last_result", result="no-change") == 0
+        assert scrape.get("yuneta_deploy_hook_last_run_timestamp_seconds") == 1700000000
+        assert scrape.get("yuneta_cert_sync_enabled") == 1
+        assert scrape.get("yuneta_cert_sync_interval_seconds") == 900
+        assert scrape.get("yuneta_cert_sync_listeners_lagging") == 0
+
+        # A stopped yuno cannot take the store's new certificate: it lags, as a whole ("*").
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            new = ca.issue(tmp_path / "v2", "localhost", days=60)
+            _install(new, cert, key)
+            scrape = host.wait_scrape(
+                lambda s: s.get("yuneta_cert_sync_listeners_lagging") == 1, timeout=60
+            )
+            assert (
+                scrape.get("yuneta_cert_sync_listener_lagging_seconds", listener="*", **ECHO_YUNO)
+                >= 0
+            )
+            assert scrape.get("yuneta_cert_sync_last_action_timestamp_seconds") > 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Running again, it converges: nothing lags and the new certificate is served.
+        new_not_after = new.cert.not_valid_after_utc.timestamp()
+        host.wait_scrape(
+            lambda s: (
+                s.get("yuneta_cert_sync_listeners_lagging") == 0
+                and s.get("yuneta_tls_cert_not_after_timestamp_seconds", **ECHO) == new_not_after
+            ),
+            timeout=60,
+        )
+    finally:
+        host.stop()
+
+
+@dataclass
+class _Files:
+    """The store's files, where a yuno is pointed at (run_echo takes an Issued's paths)."""
+
+    cert_path: Path
+    key_path: Path
