@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REFRESH_MSEC = 300
 YUNO_TIMEOUT = 1.0
 ECHO_CONFIG = CONFIGS / "echo-tls.json"
+ECHO_DTLS = CONFIGS / "echo-dtls.json"
 
 
 @dataclass
@@ -104,11 +105,17 @@ class MetricsAgent:
     def run_echo(self, tmp: Path, name: str, issued: Any) -> tuple[int, int]:
         """Launch an echo yuno serving `issued` through the agent; (pid, its TLS port)."""
         port = free_port()
+        pid = self.run_yuno(tmp, name, issued, ECHO_CONFIG, f"tcps://127.0.0.1:{port}")
+        wait_port(port, timeout=30)
+        return pid, port
+
+    def run_yuno(self, tmp: Path, name: str, issued: Any, config: Path, url: str) -> int:
+        """Launch a yuno from `config` (echo-tls.json's variables) through the agent; its pid."""
         override = write_json(
             tmp / f"{name}-override.json",
             {
                 "__json_config_variables__": {
-                    "url": f"tcps://127.0.0.1:{port}",
+                    "url": url,
                     "ssl_certificate": str(issued.cert_path),
                     "ssl_certificate_key": str(issued.key_path),
                     "work_dir": str(tmp / name),
@@ -117,17 +124,17 @@ class MetricsAgent:
             },
         )
         rc, answer = ycommand_json(
-            self.agent.url, f"run-yuno config={ECHO_CONFIG},{override} wait=20", wait=40
+            self.agent.url, f"run-yuno config={config},{override} wait=20", wait=40
         )
         assert rc == 0 and answer["result"] == 0, answer
         pid = answer["data"][0]["pid"]
         self.yunos.append(pid)
-        wait_port(port, timeout=30)
-        return pid, port
+        return pid
 
     def stop(self) -> None:
         if self.yunos:
-            ycommand(self.agent.url, "-c", "kill-yuno yuno_role=echo_tls", wait=30)
+            for role in ("echo_tls", "echo_dtls"):
+                ycommand(self.agent.url, "-c", f"kill-yuno yuno_role={role}", wait=30)
             kill_tree(self.yunos)
         self.agent.stop()
 

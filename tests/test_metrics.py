@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 from certs import Issued
-from metrics_env import YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
+from dtls_helpers import DtlsClient, free_udp_port
+from metrics_env import ECHO_DTLS, YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
 from procs import CONFIGS, Agent, child_env, write_json, ycommand_json
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -158,6 +159,34 @@ def test_stopped_yuno_is_down_and_never_delays_a_scrape(host, tmp_path):
     finally:
         os.kill(pid, signal.SIGCONT)
     host.wait_scrape(lambda s: s.get("yuneta_yuno_up", **ECHO_YUNO) == 1)
+
+
+def test_dtls_listener_sessions_and_certificate(host, tmp_path):
+    ca = new_ca()
+    issued = ca.issue(tmp_path / "certs", "localhost", days=40)
+    port = free_udp_port()
+    host.run_yuno(tmp_path, "dtls1", issued, ECHO_DTLS, f"udps://127.0.0.1:{port}")
+    dtls = {"yuno_role": "echo_dtls", "yuno_name": "dtls1", "listener": "echo_dtls"}
+    deadline = time.monotonic() + 30
+    while True:  # UDP has no connect to wait for: a first handshake says it listens
+        try:
+            DtlsClient(port, ca).handshake(1.0).close()
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, "the DTLS yuno never answered"
+    with DtlsClient(port, ca).handshake() as client:
+        assert client.echo(b"ping") == b"ping"
+        scrape = host.wait_scrape(lambda s: s.get("yuneta_dtls_sessions", **dtls) == 1)
+        assert scrape.get("yuneta_dtls_sessions_accepted_total", **dtls) >= 2
+        assert (
+            scrape.get("yuneta_tls_cert_not_after_timestamp_seconds", **dtls)
+            == issued.cert.not_valid_after_utc.timestamp()
+        )
+        assert scrape.get("yuneta_tls_reloads_total", result="success", **dtls) == 0
+        assert scrape.get("yuneta_udp_datagrams_rejected_total", **dtls) == 0
+        assert scrape.get("yuneta_listener_connections_rejected_total", **dtls) is None
+    # close_notify ends the session: the gauge comes back down.
+    host.wait_scrape(lambda s: s.get("yuneta_dtls_sessions", **dtls) == 0)
 
 
 def _run_agent(tmp_path: Path, variables: dict, metrics_kw: dict) -> subprocess.CompletedProcess:
