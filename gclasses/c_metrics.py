@@ -154,7 +154,19 @@ class CMetrics(TlsListener, GObj):
         if self.attrs["use_ssl"]:
             self.build_ytls()  # a bad certificate is a start failure, said clearly
         assert self.runtime is not None
-        port = self.runtime.io_loop.run_sync(self._listen(), 10.0)
+        try:
+            port = self.runtime.io_loop.run_sync(self._listen(), 10.0)
+        except OSError as exc:
+            # The agent's duty is its yunos: a busy metrics port is said loudly (and a
+            # Prometheus sees its target down), never a reason to supervise nothing.
+            self.log(
+                "error",
+                "metrics cannot listen; the agent runs without /metrics",
+                address=self.attrs["address"],
+                port=self.attrs["port"],
+                error=str(exc),
+            )
+            return
         scheme = "https" if self.attrs["use_ssl"] else "http"
         host = self.attrs["address"]
         host = f"[{host}]" if ":" in host else host

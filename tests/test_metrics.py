@@ -240,6 +240,28 @@ def test_non_loopback_address_without_tls_and_token_is_refused_at_start(tmp_path
     assert "configs/agent.json" in lines[0] or "override.json" in lines[0]
 
 
+def test_a_busy_metrics_port_leaves_the_agent_supervising(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        agent = Agent(
+            tmp_path / "agent-run", extra={"__json_config_variables__": {"metrics_port": port}}
+        )
+        with running_agent_process(agent):
+            rc, answer = ycommand_json(agent.url, "list-yunos")
+            assert rc == 0, answer
+            deadline = time.monotonic() + 20
+            while not [
+                line
+                for line in agent.log_lines()
+                if line.get("msg", "").startswith("metrics cannot listen")
+                and line.get("port") == port
+            ]:
+                assert time.monotonic() < deadline, agent.log.read_text()
+                time.sleep(0.05)
+
+
 def test_disabled_metrics_listen_nowhere(tmp_path):
     # Disabled, even a non-loopback address is no error: nothing listens.
     agent = Agent(tmp_path / "agent-run")
