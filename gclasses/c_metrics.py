@@ -14,8 +14,11 @@ its documented `process_request` hook answers plain HTTP requests, which gives `
 the control port's TLS (a hot-reloadable context picked at every handshake), handshake
 timeout and header-size limits without a thread per client. The body is prometheus_client's
 `generate_latest`. The rules are the control port's: loopback by default; any other
-address needs TLS (`crypto`) and at least one bearer token (`auth_tokens`), else the
-config is refused before anything starts.
+address needs TLS (`crypto`) and at least one bearer token (`auth_tokens`, each at least
+`min_token_length` characters), else the config is refused before anything starts; an
+address that keeps sending bad tokens waits longer and longer (`yuneta.backoff`). Unlike the
+control port there is no per-UID admission on loopback: the endpoint only reads, and shows
+what every TLS client is already shown (certificates) and counters.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import concurrent.futures
 import hmac
 import http
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -40,6 +44,7 @@ from gclasses.c_timer import CTimer
 from gclasses.metrics_series import TREE_ATTRS, Snapshot, SnapshotCollector, YunoSample
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
 from yuneta import ievent
+from yuneta.backoff import FailureBackoff
 from yuneta.errors import AttrError, CommandError
 from yuneta.gclass import Attr, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj, create_gobj
@@ -65,6 +70,7 @@ GCLASS = GClassDef(
         ),
         *TLS_ATTRS,
         Attr("list", "auth_tokens", Flag.NONE, [], "Bearer tokens accepted (never shown)"),
+        Attr("int", "min_token_length", Flag.RD, 16, "Shortest token accepted in auth_tokens"),
         Attr("str", "url", Flag.RD, "", "Where to scrape (set when listening)"),
         Attr("int", "refresh_msec", RW, 10000, "Milliseconds between collections from the yunos"),
         Attr(
@@ -110,6 +116,14 @@ class CMetrics(TlsListener, GObj):
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
+        shortest = attrs["min_token_length"]
+        for i, token in enumerate(attrs["auth_tokens"]):
+            if not isinstance(token, str) or len(token) < shortest:
+                raise AttrError(
+                    GCLASS.name,
+                    "auth_tokens",
+                    f"token #{i + 1} is shorter than min_token_length ({shortest} characters)",
+                )
         if not attrs["enabled"] or _is_loopback(attrs["address"]):
             return
         where = f"{attrs['address']}:{attrs['port']}"
@@ -144,6 +158,7 @@ class CMetrics(TlsListener, GObj):
         self._skip: dict[tuple[str, str], tuple[int, int]] = {}
         self._asked: set[tuple[str, str]] = set()  # yunos asked in the round under way
         self._scrapes = self._refused = 0  # counted on the I/O loop; mt_stats reads them
+        self._backoff = FailureBackoff()  # the I/O loop's only, as the control port's
         # Asks to the agent's own actors wait here, never on the loop or its default pool.
         self._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="metrics")
 
@@ -383,26 +398,41 @@ class CMetrics(TlsListener, GObj):
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         """Answer one HTTP request (never a WebSocket): /metrics, with a token if any."""
-        if self._auth_tokens and not self._authorized(request.headers.get("Authorization")):
-            self._refused += 1
-            return _response(
-                http.HTTPStatus.UNAUTHORIZED,
-                b"a bearer token is required\n",
-                [("WWW-Authenticate", 'Bearer realm="yuneta metrics"')],
-            )
+        if self._auth_tokens:
+            refused = self._check_token(connection, request.headers.get("Authorization"))
+            if refused is not None:
+                self._refused += 1
+                return refused
         if request.path.split("?", 1)[0] != PATH:
             return _response(http.HTTPStatus.NOT_FOUND, f"try {PATH}\n".encode())
         self._scrapes += 1
         body = generate_latest(self.registry)
         return _response(http.HTTPStatus.OK, body, [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)])
 
-    def _authorized(self, header: str | None) -> bool:
+    def _check_token(self, connection: ServerConnection, header: str | None) -> Response | None:
+        """None when the bearer token is right; else the refusal. As on the control port,
+        an address that keeps failing waits longer and longer before it is even checked."""
+        address = str(connection.remote_address[0])
+        wait = self._backoff.wait_left(address)
+        if wait > 0:
+            return _response(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                f"too many failed attempts from {address}: next one checked in {wait:.1f} s\n".encode(),
+                [("Retry-After", str(math.ceil(wait)))],
+            )
         scheme, _, token = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        given = token.strip().encode()
-        # Every token is compared, so the time taken does not say which one nearly matched.
-        return sum(hmac.compare_digest(given, t) for t in self._auth_tokens) > 0
+        if scheme.lower() == "bearer" and token.strip():
+            given = token.strip().encode()
+            # Compare with every token, always: the time taken tells nothing about which.
+            if any([hmac.compare_digest(given, t) for t in self._auth_tokens]):
+                self._backoff.succeeded(address)
+                return None
+        self._backoff.failed(address)
+        return _response(
+            http.HTTPStatus.UNAUTHORIZED,
+            b"a valid bearer token is required\n",
+            [("WWW-Authenticate", 'Bearer realm="yuneta metrics"')],
+        )
 
 
 def _nearest(gobj: GObj, gclass: str) -> Any:

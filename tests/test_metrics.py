@@ -240,6 +240,14 @@ def test_non_loopback_address_without_tls_and_token_is_refused_at_start(tmp_path
     assert "configs/agent.json" in lines[0] or "override.json" in lines[0]
 
 
+def test_a_short_token_is_refused_at_start_even_on_loopback(tmp_path):
+    proc = _run_agent(tmp_path, {}, {"auth_tokens": ["short"]})
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "C_METRICS: attribute 'auth_tokens'" in line
+    assert "shorter than min_token_length (16 characters)" in line
+
+
 def test_a_busy_metrics_port_leaves_the_agent_supervising(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -295,6 +303,18 @@ def test_tls_and_token_on_any_address(tmp_path):
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
         status, _, _ = http_get(host.url, "wrong-" + token, host.context)
         assert status == 401
+        # As on the control port, an address that keeps failing is made to wait: then not
+        # even the right token is looked at until its window ends.
+        for _ in range(20):
+            status, headers, body = http_get(host.url, "wrong-" + token, host.context)
+            if status == 429:
+                break
+            assert status == 401
+        assert status == 429 and int(headers["Retry-After"]) >= 1, body
+        deadline = time.monotonic() + 30
+        while http_get(host.url, token, host.context)[0] == 429:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         with pytest.raises(OSError):  # no TLS, no answer
             http_get(host.url.replace("https://", "http://"), token)
         scrape = host.wait_scrape(
