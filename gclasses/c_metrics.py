@@ -94,11 +94,18 @@ GCLASS = GClassDef(
         Attr("int", "yunos_down", Flag.RSTATS, 0, "Yunos that did not answer the last one"),
     ),
     commands=TLS_COMMANDS,
-    input_events=("EV_TIMEOUT_PERIODIC", "EV_COLLECTED"),
+    input_events=(
+        "EV_TIMEOUT_PERIODIC",
+        "EV_COLLECTED",
+        "EV_CERT_FILES_CHANGED",
+        "EV_CERT_RELOAD_RETRY",
+    ),
     states={
         "ST_IDLE": (
             ("EV_TIMEOUT_PERIODIC", "ac_refresh", None),
             ("EV_COLLECTED", "ac_collected", None),
+            ("EV_CERT_FILES_CHANGED", "ac_cert_files_changed", None),  # cert_watch
+            ("EV_CERT_RELOAD_RETRY", "ac_cert_reload_retry", None),
         ),
     },
 )
@@ -186,11 +193,13 @@ class CMetrics(TlsListener, GObj):
         host = self.attrs["address"]
         host = f"[{host}]" if ":" in host else host
         self.attrs.update(port=port, url=f"{scheme}://{host}:{port}{PATH}")
+        self.start_cert_watch()
         self.log(
             "info", "metrics listening", url=self.attrs["url"], port=port, **self.cert_fields()
         )
 
     def mt_stop(self) -> None:
+        self.stop_cert_watch()
         if self._server is not None and self.runtime is not None:
             self.runtime.io_loop.run_sync(self._close(), 10.0)
             self.log("info", "metrics stopped", url=self.attrs["url"])

@@ -250,7 +250,7 @@ class _Families:
             return
         self._seen.add(key)
         family = self._families.get(name)
-        if family is None:
+        if not isinstance(family, InfoMetricFamily):  # names under add_info are only made here
             family = InfoMetricFamily(name, help_, labels=list(labels))
             self._families[name] = family
         family.add_metric([str(v) for v in values], info)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from certs import Issued
+from certs import Issued, serial_of_peer
 from dtls_helpers import DtlsClient, free_udp_port
 from metrics_env import ECHO_DTLS, YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
 from procs import CONFIGS, Agent, child_env, write_json, ycommand_json
@@ -293,7 +293,7 @@ def test_tls_and_token_on_any_address(tmp_path):
     host = start_agent(
         tmp_path / "agent-run",
         variables={"metrics_address": "0.0.0.0"},
-        metrics_kw={"crypto": issued.crypto(), "auth_tokens": [token]},
+        metrics_kw={"crypto": issued.crypto(), "auth_tokens": [token], "cert_watch": True},
         token=token,
         context=ca.client_context(),
     )
@@ -332,6 +332,23 @@ def test_tls_and_token_on_any_address(tmp_path):
             )
             == issued.cert.not_valid_after_utc.timestamp()
         )
+        # cert_watch: a renewed certificate in place is served at the next handshake.
+        renewed = ca.issue(tmp_path / "certs", "metrics", days=90)
+        scrape = host.wait_scrape(
+            lambda s: (
+                s.get("yuneta_tls_reloads_total", listener="__metrics__", result="success", **AGENT)
+                >= 1
+            )
+        )
+        assert (
+            scrape.get(
+                "yuneta_tls_cert_not_after_timestamp_seconds", listener="__metrics__", **AGENT
+            )
+            == renewed.cert.not_valid_after_utc.timestamp()
+        )
+        port = int(host.url.rsplit(":", 1)[1].split("/")[0])
+        with host.context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as tls:
+            assert serial_of_peer(tls) == renewed.serial
         # The token is a secret: never in an attribute answer.
         rc, answer = ycommand_json(host.agent.url, "view-gobj-tree attrs=auth_tokens,crypto,url")
         assert token not in str(answer)
