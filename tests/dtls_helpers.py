@@ -64,7 +64,8 @@ class DtlsClient:
         host: str = "127.0.0.1",
         cert: Issued | None = None,
     ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.connect((host, port))
         self.session = DtlsSession.client(
             client_context(ca, cert), (host, port), time.monotonic(), mtu=mtu

@@ -619,3 +619,25 @@ def test_a_port_in_use_is_a_clear_start_failure(tmp_path, yunos):
         yunos.append(rt)
         with pytest.raises(AttrError, match=f"cannot listen on udp://127.0.0.1:{port}: .*in use"):
             rt.start()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_ipv6_peers_get_cookies_and_sessions_too(tmp_path, ca, yunos):
+    issued = ca.issue(tmp_path / "srv", "dtls")
+    rt = make_yuno(
+        yunos, tmp_path, [{"name": "v6", "url": "udps://[::1]:0", "crypto": issued.crypto()}]
+    )
+    listener = rt.find_service("v6")
+    with DtlsClient(listener.read_attr("lPort"), ca, host="::1").handshake() as client:
+        assert client.echo(b"over ipv6") == b"over ipv6"
+    stats = attrs(listener)
+    assert stats["tsessions"] == 1 and stats["cookie_rejections"] == 1
