@@ -79,7 +79,7 @@ LISTENER_SERIES: tuple[Series, ...] = (
         "cookie_rejections",
         "yuneta_dtls_cookie_rejections",
         "counter",
-        "ClientHellos without a valid cookie, answered statelessly",
+        "ClientHellos answered statelessly for want of a valid cookie (a flood shows here)",
     ),
     Series(
         "rejected",
@@ -95,17 +95,12 @@ LISTENER_SERIES: tuple[Series, ...] = (
         "Datagrams from unknown peers that opened nothing",
         "C_UDP_S",
     ),
-    (
-        "cookie_rejections",
-        "yuneta_dtls_cookie_rejections",
-        "counter",
-        "ClientHellos answered statelessly for want of a valid cookie (a flood shows here)",
-    ),
-    (
+    Series(
         "refused",
-        "yuneta_listener_peers_refused",
+        "yuneta_udp_datagrams_refused",
         "counter",
         "Datagrams of new peers refused at max_sessions",
+        "C_UDP_S",
     ),
 )
 
