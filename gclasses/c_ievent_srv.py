@@ -208,7 +208,12 @@ class CIEventSrv(TlsListener, GObj):
             max_frame_size=self.attrs["max_frame_size"],
             max_inflight=self.attrs["max_inflight"],
         )
-        self.attrs["lPort"] = self.server.start()
+        try:
+            self.attrs["lPort"] = self.server.start()
+        except OSError as exc:  # in use, not ours, unresolvable: the operator's url
+            raise AttrError(
+                GCLASS.name, "url", f"cannot listen on {self.attrs['url']}: {exc.strerror or exc}"
+            ) from None
         self.log(
             "info",
             "inter-event server listening",

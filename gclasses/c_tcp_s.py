@@ -120,7 +120,12 @@ class CTcpS(TlsListener, GObj):
             handshake_timeout=self.attrs["handshake_timeout"],
             on_handshake_failed=self._on_handshake_failed,
         )
-        self.attrs["lPort"] = self.server.start_listening()
+        try:
+            self.attrs["lPort"] = self.server.start_listening()
+        except OSError as exc:  # in use, not ours, unresolvable: the operator's url
+            raise AttrError(
+                GCLASS.name, "url", f"cannot listen on {self.attrs['url']}: {exc.strerror or exc}"
+            ) from None
         self.change_state("ST_LISTENING")
         self.start_cert_watch()
         self.log(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,11 @@ NODE_KEYS = {
     "disabled",
 }
 _VAR_RE = re.compile(r"\(\^\^([A-Za-z0-9_.\-]+)\^\^\)")
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # configs are hand-written: anything bigger is a mistake
+MAX_DEPTH = 64  # deeper than any real gobj tree; bounds every recursive walk below
+HANDLER_TYPES = ("stderr", "stdout", "file")
+HANDLER_KEYS = {"handler_type", "filename", "level", "max_bytes", "backup_count"}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 Path = tuple[str | int, ...]
 
@@ -56,6 +62,12 @@ class ServiceNode:
     default_service: bool = False
     autostart: bool = True
     autoplay: bool = True
+    # attr -> (file, JSON path) that set it, so a start failure blames the right file
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def origin_error(self, attr: str, problem: str) -> ConfigError:
+        file, path = self.origins.get(attr, ("<config>", f"services.{self.name}"))
+        return ConfigError(file, path, problem)
 
 
 @dataclass
@@ -112,33 +124,125 @@ def load_config(files: list[str], extra: list[dict[str, Any]] | None = None) -> 
     if not files and not extra:
         raise ConfigError("<command line>", "", "no config file given (use -f FILE)")
     merger = _Merger()
-    for file in files:
-        try:
-            with open(file, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                file, "", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-            ) from None
-        if not isinstance(data, dict):
-            raise ConfigError(
-                file, "", f"the top level must be an object, not {type(data).__name__}"
-            )
+    used: set[str] = set()
+    sources = [(file, _read(file)) for file in files]
+    sources += [(f"<extra config {i}>", data) for i, data in enumerate(extra or [])]
+    for file, data in sources:
+        _check_depth(data, file)
+        used |= _placeholders(data)
         merger.merge(data, file)
-    for i, data in enumerate(extra or []):
-        merger.merge(data, f"<extra config {i}>")
     raw = merger.data
     variables = raw.get("__json_config_variables__", {})
     if not isinstance(variables, dict):
         path: Path = ("__json_config_variables__",)
         raise ConfigError(merger.file_of(path), fmt_path(path), "must be an object")
+    for name in variables:
+        # A variable no file uses is a typo that would silently leave a default in place.
+        if name not in used:
+            path = ("__json_config_variables__", name)
+            raise ConfigError(
+                merger.file_of(path),
+                fmt_path(path),
+                f"unknown config variable '{name}': no (^^{name}^^) uses it",
+            )
     resolved = {k: v for k, v in raw.items() if k != "__json_config_variables__"}
     resolved = _substitute(resolved, variables, (), merger)
     return _validate(resolved, variables, merger, [*files])
+
+
+def _read(file: str) -> dict[str, Any]:
+    """One config file as a JSON object; every way it can be unreadable is one line."""
+    try:
+        with open(file, "rb") as f:
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise ConfigError(file, "", f"larger than {MAX_CONFIG_BYTES} bytes: not a config")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            file, "", f"not UTF-8 text (a binary file?): bad byte at offset {exc.start}"
+        ) from None
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number (numbers must be finite)")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            file, "", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(file, "", str(exc)) from None
+    except RecursionError:
+        raise ConfigError(file, "", f"nested more than {MAX_DEPTH} levels deep") from None
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", f"the top level must be an object, not {type(data).__name__}")
+    return data
+
+
+def _check_depth(data: Any, file: str) -> None:
+    """Refuse absurd nesting before any recursive walk meets it (iterative: no recursion)."""
+    stack: list[tuple[Any, Path]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise ConfigError(
+                file, fmt_path(path[:MAX_DEPTH]), f"nested more than {MAX_DEPTH} levels deep"
+            )
+        if isinstance(value, dict):
+            stack.extend((v, (*path, k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+
+
+def _placeholders(value: Any) -> set[str]:
+    """Every variable name a `(^^name^^)` refers to, anywhere in `value`."""
+    if isinstance(value, dict):
+        return set().union(*(_placeholders(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_placeholders(v) for v in value))
+    if isinstance(value, str):
+        return set(_VAR_RE.findall(value))
+    return set()
+
+
+def _check_log_handlers(handlers: dict, path: Path, fail: Any) -> None:
+    """What `yuneta.log.setup_logging` needs, checked before anything starts."""
+    for name, spec in handlers.items():
+        p = (*path, name)
+        if not isinstance(spec, dict):
+            raise fail(
+                p,
+                f'a log handler must be an object like {{"handler_type": "stderr"}}, not {type(spec).__name__}',
+            )
+        for key in spec:
+            if key not in HANDLER_KEYS:
+                raise fail(
+                    (*p, key), f"unknown log handler key '{key}' (expected {sorted(HANDLER_KEYS)})"
+                )
+        kind = spec.get("handler_type", "stderr")
+        if kind not in HANDLER_TYPES:
+            raise fail((*p, "handler_type"), f"must be one of {list(HANDLER_TYPES)}, not {kind!r}")
+        if "level" in spec and spec["level"] not in LOG_LEVELS:
+            raise fail((*p, "level"), f"must be one of {list(LOG_LEVELS)}, not {spec['level']!r}")
+        for key in ("max_bytes", "backup_count"):
+            value = spec.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise fail((*p, key), f"must be a non-negative integer, not {value!r}")
+        if kind != "file":
+            continue
+        filename = spec.get("filename")
+        if not isinstance(filename, str) or not filename:
+            raise fail((*p, "filename"), "a file log handler needs a 'filename'")
+        directory = os.path.dirname(os.path.abspath(filename))
+        if not os.path.isdir(directory):
+            raise fail((*p, "filename"), f"directory {directory} does not exist")
+        if not os.access(directory, os.W_OK):
+            raise fail((*p, "filename"), f"directory {directory} is not writable")
 
 
 def _substitute(value: Any, variables: dict[str, Any], path: Path, merger: _Merger) -> Any:
@@ -188,6 +292,10 @@ def _validate(
         if key == "log_handlers":
             if not isinstance(value, dict):
                 raise fail(("environment", key), "must be an object of handlers")
+            _check_log_handlers(value, ("environment", key), fail)
+        elif key == "log_level":
+            if value not in LOG_LEVELS:
+                raise fail(("environment", key), f"must be one of {list(LOG_LEVELS)}")
         elif not isinstance(value, str):
             raise fail(("environment", key), "must be a string")
 
@@ -209,7 +317,7 @@ def _validate(
     services_raw = data.get("services", [])
     if not isinstance(services_raw, list):
         raise fail(("services",), "must be a list of gobj trees")
-    services = _nodes(services_raw, ("services",), global_kw, fail)
+    services = _nodes(services_raw, ("services",), global_kw, fail, merger.file_of)
     _check_global_targets(global_kw, services, fail)
 
     return YunoConfig(files, environment, global_kw, yuno_kw, services, variables, data)
@@ -250,7 +358,7 @@ def _check_kw(gdef: GClassDef, kw: dict, path: Path, fail: Any) -> dict:
         raise fail((*path, attr) if attr else path, str(exc)) from None
 
 
-def _nodes(raw: list, path: Path, global_kw: dict, fail: Any) -> list[ServiceNode]:
+def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, file_of: Any) -> list[ServiceNode]:
     out: list[ServiceNode] = []
     seen: set[str] = set()
     for i, node in enumerate(raw):
@@ -278,6 +386,12 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any) -> list[ServiceNod
         if not isinstance(kw, dict):
             raise fail((*p, "kw"), "must be an object")
         merged = {**_globals_for(global_kw, gdef.name, name), **kw}
+        origins = {
+            attr: (file_of((*p, "kw", attr)), fmt_path((*p, "kw", attr)))
+            if attr in kw
+            else _global_origin(global_kw, gdef.name, name, attr, file_of)
+            for attr in merged
+        }
         kw = _check_kw(gdef, merged, (*p, "kw"), fail)
         children = node.get("children", [])
         if not isinstance(children, list):
@@ -287,14 +401,27 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any) -> list[ServiceNod
                 name=name,
                 gclass=gdef.name,
                 kw=kw,
-                children=_nodes(children, (*p, "children"), global_kw, fail),
+                children=_nodes(children, (*p, "children"), global_kw, fail, file_of),
                 as_service=bool(node.get("as_service", False)),
                 default_service=bool(node.get("default_service", False)),
                 autostart=bool(node.get("autostart", True)),
                 autoplay=bool(node.get("autoplay", True)),
+                origins=origins,
             )
         )
     return out
+
+
+def _global_origin(
+    global_kw: dict, gclass: str, name: str, attr: str, file_of: Any
+) -> tuple[str, str]:
+    """Where a `global` entry that reached this gobj was set (by name wins over gclass)."""
+    for target in (name, gclass):
+        for key in global_kw:
+            t, _, a = key.partition(".")
+            if t.lower() == target.lower() and a == attr:
+                return file_of(("global", key)), fmt_path(("global", key))
+    return "<config>", ""
 
 
 def _check_global_targets(global_kw: dict, services: list[ServiceNode], fail: Any) -> None:

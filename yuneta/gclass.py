@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,14 @@ _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}
 
 
+def _finite(number: float) -> float:
+    # Infinity and NaN have no JSON form: an attribute holding one breaks every answer
+    # that shows it.
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite real, got {number!r}")
+    return number
+
+
 def coerce(type_: str, value: Any, strict: bool = False) -> Any:
     """Return `value` as `type_`, converting strings from a command line.
 
@@ -61,7 +70,7 @@ def coerce(type_: str, value: Any, strict: bool = False) -> Any:
         )
         if not ok:
             raise ValueError(f"expected {type_}, got {type(value).__name__} {_short(value)}")
-        return float(value) if type_ == "real" else value
+        return _finite(float(value)) if type_ == "real" else value
     if type_ == "bool":
         if isinstance(value, bool):
             return value
@@ -87,12 +96,14 @@ def coerce(type_: str, value: Any, strict: bool = False) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"expected real, got {value!r}")
         if isinstance(value, (int, float)):
-            return float(value)
+            return _finite(float(value))
         if isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 pass
+            else:
+                return _finite(number)
         raise ValueError(f"expected real, got {value!r}")
     if type_ == "str":
         if isinstance(value, str):

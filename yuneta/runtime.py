@@ -19,7 +19,7 @@ from typing import Any
 
 from yuneta.command import DEFAULT_SERVICE, envelope
 from yuneta.config import ServiceNode, YunoConfig
-from yuneta.errors import ConfigError, YunetaError
+from yuneta.errors import AttrError, ConfigError, YunetaError
 from yuneta.gclass import coerce
 from yuneta.gobj import GObj, create_gobj
 from yuneta.log import log, setup_logging
@@ -85,7 +85,12 @@ class YunoRuntime:
             node = getattr(gobj, "config_node", None)
             autostart = node.autostart if node else True
             if autostart and gobj.parent is not None and gobj.parent.running:
-                gobj.start()
+                try:
+                    gobj.start()
+                except AttrError as exc:  # e.g. a url it cannot listen on: blame the config
+                    if node is None:
+                        raise
+                    raise node.origin_error(exc.attr, exc.problem) from None
         self.root.play()
         for gobj in self.root.walk("top_to_bottom"):
             node = getattr(gobj, "config_node", None)
@@ -259,7 +264,7 @@ def run_yuno(config: YunoConfig) -> int:
     except YunetaError as exc:  # an operator's error (bad certificate, bad attribute): no traceback
         log("critical", "__yuno__", "yuno failed to start", error=str(exc))
         runtime.shutdown()
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     except Exception as exc:
         log("critical", "__yuno__", "yuno failed to start", error=str(exc), exc_info=True)
         runtime.shutdown()
