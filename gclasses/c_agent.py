@@ -18,11 +18,10 @@ import concurrent.futures
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +29,17 @@ from gclasses import yuno_identity
 from gclasses.c_timer import CTimer
 from gclasses.cert_sync import CertSync, YunoTarget
 from gclasses.cert_sync import check_attrs as check_cert_sync_attrs
+from gclasses.yuno_registry import (
+    YUNO_SCHEMA,
+    YunoEntry,
+    YunoRegistry,
+    last_log_line,
+    proc_start_time,
+)
 from yuneta import ievent
 from yuneta.command import DEFAULT_SERVICE, envelope, then
-from yuneta.errors import CommandError
+from yuneta.config import load_config
+from yuneta.errors import CommandError, ConfigError
 from yuneta.gclass import Attr, Command, Flag, GClassDef, Param, register_gclass
 from yuneta.gobj import GObj, create_gobj
 from yuneta.persist import write_json_atomic
@@ -86,6 +93,13 @@ GCLASS = GClassDef(
             Flag.RD,
             1000,
             "Milliseconds between checks of the yunos' processes",
+        ),
+        Attr(
+            "real",
+            "dead_retention",
+            Flag.RD | Flag.WR,
+            86400.0,
+            "Seconds a dead yuno stays listed (delete-yuno removes it sooner)",
         ),
         Attr("int", "yunos_running", Flag.RSTATS, 0, "Yunos running now"),
         Attr("int", "yunos_launched", Flag.RSTATS, 0, "Yunos launched by run-yuno"),
@@ -147,12 +161,19 @@ GCLASS = GClassDef(
             (
                 Param("str", "config", None, "Config file(s), comma-separated, merged in order"),
                 Param("dict", "variables", None, "__json_config_variables__ to add (JSON)"),
-                Param("real", "wait", 10.0, "Seconds to wait for the yuno to connect"),
+                Param("real", "wait", 10.0, "Seconds to wait for the yuno to be up (0: no wait)"),
+                Param("bool", "allow_duplicate", False, "Launch even if its yuno_name runs"),
             ),
             "Launch a yuno (yuneta run -f ...) supervised by this agent",
         ),
         Command(
             "kill-yuno", "cmd_kill_yuno", FILTERS, "Stop the matching yunos (SIGTERM, then SIGKILL)"
+        ),
+        Command(
+            "delete-yuno",
+            "cmd_delete_yuno",
+            FILTERS,
+            "Remove the matching dead yunos from the registry (its log stays)",
         ),
         Command(
             "command-yuno",
@@ -213,66 +234,16 @@ GCLASS = GClassDef(
     },
 )
 
-YUNO_SCHEMA = [
-    {"id": "id", "header": "Id", "fillspace": 12},
-    {"id": "yuno_role", "header": "Role", "fillspace": 16},
-    {"id": "yuno_name", "header": "Name", "fillspace": 14},
-    {"id": "pid", "header": "Pid", "fillspace": 8},
-    {"id": "running", "header": "Running", "fillspace": 8},
-    {"id": "connected", "header": "Connected", "fillspace": 10},
-    {"id": "launched", "header": "Launched", "fillspace": 9},
-    {"id": "verified", "header": "Verified", "fillspace": 9},
-    {"id": "config", "header": "Config", "fillspace": 40},
-]
-
-
-@dataclass
-class YunoEntry:
-    """What the agent knows of one yuno."""
-
-    id: str
-    yuno_role: str = ""
-    yuno_name: str = ""
-    config: list[str] = field(default_factory=list)
-    pid: int = 0
-    running: bool = False
-    launched: bool = False
-    verified: bool = False  # presented the secret the agent knows for its id
-    channel: Channel | None = None
-    process: subprocess.Popen | None = None
-    exit_code: int | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self.channel is not None
-
-    @property
-    def label(self) -> str:
-        return f"{self.yuno_role}^{self.yuno_name}"
-
-    def row(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "yuno_role": self.yuno_role,
-            "yuno_name": self.yuno_name,
-            "pid": self.pid,
-            "running": self.running,
-            "connected": self.connected,
-            "launched": self.launched,
-            "verified": self.verified,
-            "config": ",".join(self.config),
-        }
-
 
 @register_gclass
 class CAgent(GObj):
     GCLASS = GCLASS
 
     def mt_create(self) -> None:
-        # The registry is touched by the I/O loop (links opening and closing) and by the
-        # actor (commands), so it has its own lock.
-        self.lock = threading.Lock()
-        self.yunos: dict[str, YunoEntry] = {}
+        assert self.runtime is not None
+        self.registry = YunoRegistry(
+            self.runtime.store_dir / "agent" / "yunos.json", self.runtime.work_dir
+        )
         self.timer = create_gobj("__check_timer__", CTimer, {}, self)
         self.cert_sync = CertSync(self)
 
@@ -281,6 +252,16 @@ class CAgent(GObj):
         check_cert_sync_attrs(GCLASS.name, attrs)
 
     def mt_start(self) -> None:
+        try:
+            adopted, lost = self.registry.load()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                str(self.registry.path), "", f"yuno registry unreadable: {exc}"
+            ) from None
+        for e in adopted:
+            self.log("info", "yuno re-adopted", id=e.id, yuno_name=e.yuno_name, pid=e.pid)
+        for e in lost:
+            self.log("warning", "yuno lost", id=e.id, yuno_name=e.yuno_name, pid=e.pid)
         server = self.server
         if server is not None:
             server.add_card_check(self.claim_identity)
@@ -295,7 +276,7 @@ class CAgent(GObj):
         self.cert_sync.pause()
 
     def mt_writing(self, name: str) -> None:
-        if name in ("command_timeout", "kill_grace") and self.attrs[name] <= 0:
+        if name in ("command_timeout", "kill_grace", "dead_retention") and self.attrs[name] <= 0:
             raise CommandError(f"{name} must be more than 0 seconds")
         if name.startswith("cert_sync_"):
             self.cert_sync.writing(name)
@@ -303,8 +284,7 @@ class CAgent(GObj):
             raise CommandError(f"{name} must be at least 1")
 
     def mt_stats(self) -> dict[str, Any]:
-        with self.lock:
-            return {"yunos_running": sum(1 for e in self.yunos.values() if e.running)}
+        return {"yunos_running": len(self.registry.match({}, running_only=True))}
 
     # ----- registry -----------------------------------------------------------------
 
@@ -314,20 +294,7 @@ class CAgent(GObj):
         return found[0] if found else None
 
     def match(self, kw: dict, *, running_only: bool = False) -> list[YunoEntry]:
-        """Entries matching the id / yuno_role / yuno_name filters (case-insensitive)."""
-
-        def same(a: str, b: str) -> bool:
-            return not b or a.lower() == b.lower()
-
-        with self.lock:
-            return [
-                e
-                for e in self.yunos.values()
-                if same(e.id, kw.get("id", ""))
-                and same(e.yuno_role, kw.get("yuno_role", ""))
-                and same(e.yuno_name, kw.get("yuno_name", ""))
-                and (e.running or not running_only)
-            ]
+        return self.registry.match(kw, running_only=running_only)
 
     def claim_identity(self, channel: Channel, card: Mapping[str, Any]) -> tuple[int, str]:
         """Before the ACK (I/O loop thread; the card's fields are type-checked): a card with
@@ -338,28 +305,21 @@ class CAgent(GObj):
             return 0, ""  # an operator's ycommand, not a yuno
         assert self.runtime is not None
         secrets_dir = self.attrs["yuno_secrets_dir"] or str(self.runtime.work_dir / "yuno-secrets")
-        try:
-            expected = yuno_identity.expected_secret(
-                yuno_id, self.runtime.work_dir / "yunos", Path(secrets_dir)
-            )
-        except (OSError, ValueError) as exc:
-            verdict = yuno_identity.Verdict(-1, f"Yuno id '{yuno_id}': {exc}")
-        else:
-            with self.lock:
-                entry = self.yunos.get(yuno_id)
+        with self.registry.lock:
+            entry = self.registry.entries.get(yuno_id)
+            try:
+                # a launched yuno's secret file is in its entry; else the operator's copy
+                expected = (
+                    yuno_identity.read_secret(entry.secret_file)
+                    if entry is not None and entry.secret_file
+                    else None
+                ) or yuno_identity.operator_secret(yuno_id, Path(secrets_dir))
+            except (OSError, ValueError) as exc:
+                verdict = yuno_identity.Verdict(-1, f"Yuno id '{yuno_id}': {exc}")
+            else:
                 verdict = yuno_identity.judge(yuno_id, entry, card, expected)
                 if verdict.result >= 0:
-                    entry = entry or YunoEntry(id=yuno_id)
-                    entry.yuno_role = card.get("yuno_role", "")
-                    entry.yuno_name = card.get("yuno_name", "")
-                    if entry.process is None:  # our own child's pid is known, not claimed
-                        entry.pid = card.get("pid") or entry.pid
-                    if not entry.config:
-                        entry.config = list(card.get("config_files", []))
-                    entry.verified = verdict.verified
-                    entry.channel = channel
-                    entry.running = True
-                    self.yunos[yuno_id] = entry
+                    self.registry.link_opened(yuno_id, card, channel, verdict.verified)
         if verdict.result < 0:
             self.log(
                 "warning",
@@ -373,8 +333,7 @@ class CAgent(GObj):
 
     def link_opened(self, channel: Channel) -> None:
         """A peer's ACK went out (I/O loop thread): say so if it is a yuno."""
-        with self.lock:
-            entry = next((e for e in self.yunos.values() if e.channel is channel), None)
+        entry = self.registry.by_channel(channel)
         if entry is None:
             return  # an operator's ycommand, not a yuno
         self.log(
@@ -389,15 +348,8 @@ class CAgent(GObj):
         )
 
     def link_closed(self, channel: Channel) -> None:
-        """A peer's link closed (I/O loop thread). A yuno the agent did not launch is known
-        only through its link, so without it the agent no longer counts it as running."""
-        with self.lock:
-            entries = [e for e in self.yunos.values() if e.channel is channel]
-            for e in entries:
-                e.channel = None
-                if e.process is None:
-                    e.running = False
-        for e in entries:
+        """A peer's link closed (I/O loop thread)."""
+        for e in self.registry.link_closed(channel):
             self.log(
                 "warning",
                 "yuno disconnected",
@@ -407,12 +359,9 @@ class CAgent(GObj):
             )
 
     def ac_check_yunos(self, event: str, kw: dict, src: Any) -> int:
-        died = []
-        with self.lock:
-            for e in self.yunos.values():
-                if e.running and e.process is not None and e.process.poll() is not None:
-                    e.running, e.exit_code = False, e.process.returncode
-                    died.append(e)
+        died, pruned = self.registry.check(float(self.attrs["dead_retention"]))
+        for e in pruned:
+            self.log("info", "dead yuno pruned", id=e.id, yuno_name=e.yuno_name)
         for e in died:
             self.log(
                 "warning",
@@ -431,7 +380,7 @@ class CAgent(GObj):
         rows = [e.row() for e in self.match(kw)]
         return envelope(0, f"{len(rows)} yuno(s)", YUNO_SCHEMA, rows)
 
-    def cmd_run_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
+    def cmd_run_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future | dict:
         files = [f.strip() for f in (kw.get("config") or "").split(",") if f.strip()]
         if not files:
             raise CommandError("run-yuno: config=FILE[,FILE...] is required")
@@ -444,28 +393,39 @@ class CAgent(GObj):
             raise CommandError("run-yuno: the agent has no inter-event server for yunos to join")
         assert self.runtime is not None
         yuno_id = uuid.uuid4().hex[:12]
-        run_dir = self.runtime.work_dir / "yunos" / yuno_id
-        # The yuno's own secret, in a 0600 file its config names: never in argv or a log.
-        secret_file = run_dir / yuno_identity.SECRET_FILE
-        yuno_identity.write_secret(secret_file, yuno_identity.new_secret())
-        link: dict[str, Any] = {
-            "yuno_id": yuno_id,
-            "agent_url": server.real_url,
-            "agent_secret_file": str(secret_file),
-        }
+        link: dict[str, Any] = {"yuno_id": yuno_id, "agent_url": server.real_url}
         if server.attrs["use_ssl"]:
             link.update(agent_jwt=server.yuno_credential(), agent_cafile=self.attrs["yunos_cafile"])
         override = {
             "yuno": link,
-            "__json_config_variables__": {
-                "agent_url": server.real_url,
-                **(kw.get("variables") or {}),
-            },
+            # The link above sets yuno.agent_url itself: a variable would be unknown to any
+            # config that does not use it.
+            "__json_config_variables__": dict(kw.get("variables") or {}),
         }
+        # The yuno would refuse a bad config the same way: refuse it here, before a process
+        # exists, and learn the role and name its directory is named after.
+        try:
+            config = load_config(files, extra=[override])
+        except ConfigError as exc:
+            raise CommandError(f"run-yuno: {exc}") from None
+        role = str(config.yuno.get("yuno_role", ""))
+        name = str(config.yuno.get("yuno_name", ""))
+        running = self.registry.same_name(role, name)
+        if running and not kw.get("allow_duplicate"):
+            raise CommandError(
+                f"run-yuno: yuno {role}^{name} already runs (id {running[0].id}, "
+                f"pid {running[0].pid}); kill-yuno it first or give allow_duplicate=true"
+            )
+        run_dir = self.registry.run_dir(role, name)
+        # The yuno's own secret, in a 0600 file its config names: never in argv or a log.
+        secret_file = run_dir / f"{yuno_id}.secret"
+        yuno_identity.write_secret(secret_file, yuno_identity.new_secret())
+        link["agent_secret_file"] = str(secret_file)
+        override_path = run_dir / f"override-{yuno_id}.json"
         # 0600: it may carry the token the yuno presents to this agent.
-        write_json_atomic(run_dir / "agent-override.json", override, mode=0o600)
+        write_json_atomic(override_path, override, mode=0o600)
         argv = [sys.executable, "-m", "yuneta", "run"]
-        for f in [*files, str(run_dir / "agent-override.json")]:
+        for f in [*files, str(override_path)]:
             argv += ["-f", f]
         log_path = run_dir / "yuno.log"
         with open(log_path, "ab") as log_file:
@@ -478,38 +438,62 @@ class CAgent(GObj):
                 cwd=os.getcwd(),
             )
         entry = YunoEntry(
-            id=yuno_id, config=files, pid=process.pid, running=True, launched=True, process=process
+            id=yuno_id,
+            yuno_role=role,
+            yuno_name=name,
+            config=files,
+            pid=process.pid,
+            running=True,
+            launched=True,
+            process=process,
+            proc_start=proc_start_time(process.pid),
+            started_at=time.time(),
+            run_dir=str(run_dir),
+            override=str(override_path),
+            secret_file=str(secret_file),
         )
-        with self.lock:
-            self.yunos[yuno_id] = entry
+        self.registry.add(entry)
         self.attrs["yunos_launched"] += 1
         self.log(
             "info", "yuno launched", id=yuno_id, pid=process.pid, config=files, log=str(log_path)
         )
+        wait = float(kw.get("wait") or 0.0)
+        if wait <= 0:
+            return envelope(
+                0,
+                f"yuno {entry.label} launched, pid {entry.pid} (not waited for)",
+                YUNO_SCHEMA,
+                [entry.row()],
+            )
         return then(
-            self.runtime.io_loop.run(_wait_connected(entry, kw.get("wait") or 0.0)),
-            lambda _: self._launch_answer(entry, log_path, bool(kw.get("wait"))),
+            self.runtime.io_loop.run(_wait_connected(entry, wait)),
+            lambda _: self._launch_answer(entry, log_path, wait),
         )
 
-    def _launch_answer(self, entry: YunoEntry, log_path: Path, waited: bool) -> dict:
+    def _launch_answer(self, entry: YunoEntry, log_path: Path, wait: float) -> dict:
+        """Success only once the yuno is up: its link identifies itself after every service
+        started (C_IEVENT_CLI connects on play)."""
         if entry.connected:
             return envelope(
                 0, f"yuno {entry.label} running, pid {entry.pid}", YUNO_SCHEMA, [entry.row()]
             )
-        code = entry.process.poll() if entry.process is not None else None
-        if code is not None:
-            with self.lock:
-                entry.running, entry.exit_code = False, code
+        code = entry.exited()
+        if code is not False:
+            self.registry.mark_exited(entry, code)
             self.log("error", "yuno exited at start", id=entry.id, exit_code=code)
             return envelope(
                 -1,
-                f"yuno exited at start with code {code}: {_tail(log_path)}",
+                f"yuno {entry.label} exited at start with code {code}: {last_log_line(log_path)}"
+                f" (log: {log_path})",
                 YUNO_SCHEMA,
                 [entry.row()],
             )
-        comment = "launched, not connected yet" if waited else "launched"
         return envelope(
-            0, f"yuno {entry.id} {comment}, pid {entry.pid}", YUNO_SCHEMA, [entry.row()]
+            -1,
+            f"yuno {entry.label} not up after {wait:g} s (pid {entry.pid} still starting; "
+            f"log: {log_path})",
+            YUNO_SCHEMA,
+            [entry.row()],
         )
 
     def cmd_kill_yuno(self, cmd: str, kw: dict, src: Any) -> concurrent.futures.Future:
@@ -521,8 +505,28 @@ class CAgent(GObj):
         grace = float(self.attrs["kill_grace"])
         assert self.runtime is not None
         return then(
-            self.runtime.io_loop.run(_stop_all(targets, grace, self._shutdown_gate, self.lock)),
+            self.runtime.io_loop.run(
+                _stop_all(targets, grace, self._shutdown_gate, self.registry.lock)
+            ),
             lambda _: self._kill_answer(targets),
+        )
+
+    def cmd_delete_yuno(self, cmd: str, kw: dict, src: Any) -> dict:
+        if not any(kw.get(k) for k in ("id", "yuno_role", "yuno_name")):
+            raise CommandError("delete-yuno: give id=, yuno_role= or yuno_name=")
+        targets = self.match(kw)
+        if not targets:
+            raise CommandError("Yuno not found")
+        running = [e.label for e in targets if e.running]
+        if running:
+            raise CommandError(
+                f"delete-yuno: still running (kill-yuno first): {', '.join(running)}"
+            )
+        self.registry.remove(targets)
+        for e in targets:
+            self.log("info", "yuno deleted", id=e.id, yuno_role=e.yuno_role, yuno_name=e.yuno_name)
+        return envelope(
+            0, f"{len(targets)} yuno(s) deleted", YUNO_SCHEMA, [e.row() for e in targets]
         )
 
     def _shutdown_gate(self, e: YunoEntry) -> ievent.Gate:
@@ -531,9 +535,10 @@ class CAgent(GObj):
     def _kill_answer(self, targets: list[YunoEntry]) -> dict:
         stopped: list[YunoEntry] = []
         alive: list[YunoEntry] = []
-        with self.lock:
-            for e in targets:
-                (alive if e.running else stopped).append(e)
+        for e in targets:
+            (alive if e.running else stopped).append(e)
+        for e in stopped:
+            self.registry.mark_exited(e, e.exit_code)
         for e in stopped:
             self.log(
                 "info",
@@ -691,18 +696,16 @@ class CAgent(GObj):
 
     def mt_destroy(self) -> None:
         self.cert_sync.destroy()
-        # Yunos outlive the agent on purpose (they reconnect to the next one); only reap.
-        with self.lock:
-            for e in self.yunos.values():
-                if e.process is not None:
-                    e.process.poll()
+        # Yunos outlive the agent on purpose (they reconnect to the next one, which re-adopts
+        # them from the saved registry); only reap.
+        self.registry.check(float(self.attrs["dead_retention"]))
 
 
 async def _wait_connected(entry: YunoEntry, wait: float) -> None:
     """Until the launched yuno's link is up, its process has exited, or `wait` seconds."""
     deadline = time.monotonic() + max(0.0, wait)
     while time.monotonic() < deadline and not entry.connected:
-        if entry.process is not None and entry.process.poll() is not None:
+        if entry.exited() is not False:
             return
         await asyncio.sleep(0.05)
 
@@ -711,7 +714,7 @@ async def _stop_all(
     targets: list[YunoEntry],
     grace: float,
     gate: Callable[[YunoEntry], ievent.Gate],
-    lock: threading.Lock,
+    lock: AbstractContextManager[Any],
 ) -> None:
     """Stop every target at once: SIGTERM (then SIGKILL) for the agent's own children;
     yunos started by hand are asked to shut down over their link. The agent never signals
@@ -769,11 +772,3 @@ def _local_asker(runtime: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
     return ask
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])[-600:]

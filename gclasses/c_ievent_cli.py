@@ -1,10 +1,11 @@
 """C_IEVENT_CLI: a yuno's link to its agent.
 
-Created by C_YUNO when `agent_url` is set. It connects to the agent, presents an identity
-card (role, name, yuno_id, pid, and the secret read from `secret_file` that proves the
-yuno_id: see gclasses/yuno_identity.py), and answers the commands the agent routes to this
-yuno: to a service (`service`, `__yuno__` for the root) or to any gobj by name (`gobj`). When
-the agent goes away it reconnects with backoff, so an agent restart finds its yunos again.
+Created by C_YUNO when `agent_url` is set, and played once every service has started. It
+connects to the agent, presents an identity card (role, name, yuno_id, pid, and the secret
+read from `secret_file` that proves the yuno_id: see gclasses/yuno_identity.py), and
+answers the commands the agent routes to this yuno: to a service (`service`, `__yuno__` for
+the root) or to any gobj by name (`gobj`). When the agent goes away it reconnects with
+backoff, so an agent restart finds its yunos again.
 
 The link's callbacks run off this gobj's actor (the I/O loop, and a worker thread per
 command), so they only post events; the actor alone writes the attributes.
@@ -54,7 +55,9 @@ class CIEventCli(GObj):
     def mt_create(self) -> None:
         self.client: WsClient | None = None
 
-    def mt_start(self) -> None:
+    def mt_play(self) -> None:
+        # Played by C_YUNO once every service has started: the agent takes an identified link
+        # for "the yuno is up", so it must not identify before (run-yuno's answer).
         assert self.runtime is not None and self.runtime.root is not None
         root = self.runtime.root.attrs
 
@@ -88,7 +91,7 @@ class CIEventCli(GObj):
         )
         self.client.start()
 
-    def mt_stop(self) -> None:
+    def mt_pause(self) -> None:
         if self.client is not None:
             self.client.stop()
             self.client = None

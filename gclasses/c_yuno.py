@@ -119,8 +119,9 @@ class CYuno(GObj):
     def mt_create(self) -> None:
         self._last_cert_check = 0.0
         self.timer = create_gobj("__periodic_timer__", CTimer, {}, self)
+        self.agent_link: GObj | None = None
         if self.attrs["agent_url"]:
-            create_gobj(
+            self.agent_link = create_gobj(
                 "__agent_link__",
                 "C_IEVENT_CLI",
                 {
@@ -137,6 +138,8 @@ class CYuno(GObj):
         # must not wait an hour to be reported.
         self._last_cert_check = float("-inf")
         self.timer.set_timeout_periodic(self.attrs["timeout_periodic"])
+        if self.agent_link is not None:
+            self.agent_link.play()  # the runtime plays the root after every service started
 
     def mt_pause(self) -> None:
         self.timer.clear_timeout()

@@ -2,8 +2,8 @@
 
 `list-yunos` shows every yuno's id, and any admitted peer can put an id in its identity card,
 so an id alone proves nothing. The agent gives each yuno it launches a secret of its own,
-in a 0600 file beside the yuno's run files (`<work_dir>/yunos/<id>/yuno.secret`): the yuno's
-config names the file (`agent_secret_file`), never the secret, so it reaches no argv, no
+in a 0600 file beside the yuno's run files (`<work_dir>/yunos/<role>^<name>/<id>.secret`, its
+path kept in the agent's registry): the yuno's config names the file (`agent_secret_file`), never the secret, so it reaches no argv, no
 log and no answer. The yuno reads it and presents it in its identity card (`yuno_secret`).
 A yuno started by hand does the same with a file the operator provides, a copy of which
 the agent finds as `<yuno_secrets_dir>/<id>.secret`.
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-SECRET_FILE = "yuno.secret"
 SECRET_KEY = "yuno_secret"  # the identity card's key
 #: Shortest secret accepted from a file: shorter is an operator's mistake, not a secret.
 MIN_SECRET = 16
@@ -77,18 +76,10 @@ def read_secret(path: str | Path) -> str | None:
     return secret
 
 
-def secret_paths(yuno_id: str, run_root: Path, secrets_dir: Path) -> list[Path]:
-    """Where the agent keeps a yuno's expected secret: its own launch's file, then the
-    operator's. `yuno_id` was checked by `ievent.validate_identity_card` (a safe file name)."""
-    return [run_root / yuno_id / SECRET_FILE, secrets_dir / f"{yuno_id}.secret"]
-
-
-def expected_secret(yuno_id: str, run_root: Path, secrets_dir: Path) -> str | None:
-    for path in secret_paths(yuno_id, run_root, secrets_dir):
-        secret = read_secret(path)
-        if secret is not None:
-            return secret
-    return None
+def operator_secret(yuno_id: str, secrets_dir: Path) -> str | None:
+    """The operator's copy of a hand-started yuno's secret (a launched yuno's file is in the
+    registry entry). `yuno_id` was checked by `ievent.validate_identity_card` (a safe name)."""
+    return read_secret(secrets_dir / f"{yuno_id}.secret")
 
 
 def judge(

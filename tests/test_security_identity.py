@@ -96,7 +96,8 @@ def test_an_impostor_of_a_live_yuno_is_refused_and_the_real_one_keeps_its_routin
     yuno_id, pid = real["id"], real["pid"]
     assert real["verified"] is True
 
-    secret_file = tmp_path / "agent" / "yunos" / yuno_id / yuno_identity.SECRET_FILE
+    # beside its log, in the yuno's per-name directory
+    secret_file = next((tmp_path / "agent" / "yunos").glob(f"*/{yuno_id}.secret"))
     assert oct(secret_file.stat().st_mode & 0o777) == "0o600"
     secret = secret_file.read_text().strip()
     assert len(secret) >= 32
@@ -136,7 +137,7 @@ def test_an_impostor_of_a_live_yuno_is_refused_and_the_real_one_keeps_its_routin
     with ws:
         assert ack["result"] == 0 and yunos(agent)[yuno_id]["verified"] is True
 
-    logs = agent.log.read_text() + (tmp_path / "agent" / "yunos" / yuno_id / "yuno.log").read_text()
+    logs = agent.log.read_text() + (secret_file.parent / "yuno.log").read_text()
     assert secret not in logs
     code, tree = ycommand_json(agent.url, "view-gobj-tree")
     assert secret not in json.dumps(tree)
