@@ -1,7 +1,7 @@
 """`yuneta` command line: run a yuno from JSON configs, or only check them.
 
     yuneta run -f base.json [-f overrides.json ...]
-    yuneta check -f base.json [-f ...]
+    yuneta check -f base.json [-f ...]     (also every TLS listener's material: yuneta/check.py)
     yuneta install [--prefix DIR] [--dry-run] | yuneta uninstall [...]   (see yuneta/install.py)
 
 A config error prints one line naming the file, the JSON path and the problem, and
@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     if args.verb == "check":
-        print(f"config OK: {', '.join(args.config)}")
-        return 0
+        from yuneta.check import check_config
+
+        ok, lines = check_config(config)
+        print(f"config {'OK' if ok else 'FAILED'}: {', '.join(args.config)}")
+        for line in lines:
+            print(f"  {line}")
+        return 0 if ok else 2
     from yuneta.runtime import run_yuno
 
     return run_yuno(config)

@@ -28,6 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from yuneta.errors import YunetaError
 
 DEFAULT_CIPHERS = "HIGH:!aNULL:!kRSA:!PSK:!SRP:!MD5:!RC4"
+# A certificate chain or key is a few KiB: a bigger file is a mistake, and reading it whole
+# would stall the yuno and hold its size in memory.
+MAX_PEM_BYTES = 1024 * 1024
 DEFAULT_MIN_VERSION = "TLSv1.2"
 
 CRYPTO_KEYS = frozenset(
@@ -138,13 +141,19 @@ def _read_file(key: str, path: Any) -> bytes:
         raise CertificateFileError(key, path, "is a directory")
     if not stat.S_ISREG(st.st_mode):
         raise CertificateFileError(key, path, "not a regular file")
+    if st.st_size > MAX_PEM_BYTES:
+        raise CertificateFileError(
+            key, path, f"file too large ({st.st_size} bytes, at most {MAX_PEM_BYTES})"
+        )
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_PEM_BYTES + 1)
     except PermissionError:
         raise CertificateFileError(key, path, "permission denied") from None
     except OSError as exc:
         raise CertificateFileError(key, path, exc.strerror or "cannot read") from None
+    if len(data) > MAX_PEM_BYTES:  # grew between stat and read
+        raise CertificateFileError(key, path, f"file too large (more than {MAX_PEM_BYTES} bytes)")
     if not data.strip():
         raise CertificateFileError(key, path, "empty file")
     return data
@@ -318,6 +327,26 @@ def _settings(crypto: Mapping[str, Any], has_ca: bool) -> TlsSettings:
     )
 
 
+def _check_chain_order(path: str, certs: list[x509.Certificate], key_spki: bytes) -> None:
+    """Leaf first, then each certificate's issuer: a chain in another order is said so, not
+    reported as a key mismatch (the key matches a certificate further down)."""
+    for i, cert in enumerate(certs[1:], start=1):
+        if _spki(cert.public_key()) == key_spki:
+            raise CertificateFileError(
+                "ssl_certificate",
+                path,
+                f"chain in wrong order: the certificate of the key is #{i + 1}, it must be first",
+            )
+    for i in range(len(certs) - 1):
+        if certs[i].issuer != certs[i + 1].subject:
+            raise CertificateFileError(
+                "ssl_certificate",
+                path,
+                f"chain in wrong order: certificate #{i + 2} ({certs[i + 1].subject.rfc4514_string()})"
+                f" is not the issuer of #{i + 1} ({certs[i].issuer.rfc4514_string()} is)",
+            )
+
+
 def load_material(crypto: Mapping[str, Any]) -> TlsMaterial:
     """Read and validate the files and settings of a `crypto` dict, each file once.
 
@@ -336,12 +365,15 @@ def load_material(crypto: Mapping[str, Any]) -> TlsMaterial:
 
     cert_pem, certs = _load_certs("ssl_certificate", cert_path)
     key_pem, private_key = _load_key("ssl_certificate_key", key_path)
-    if _spki(private_key.public_key()) != _spki(certs[0].public_key()):
+    key_spki = _spki(private_key.public_key())
+    if key_spki != _spki(certs[0].public_key()):
+        _check_chain_order(os.fspath(cert_path), certs, key_spki)
         raise KeyMismatchError(
             "ssl_certificate_key",
             os.fspath(key_path),
             f"private key does not match certificate {os.fspath(cert_path)}",
         )
+    _check_chain_order(os.fspath(cert_path), certs, key_spki)
     trusted = crypto.get("ssl_trusted_certificate")
     ca_der: tuple[bytes, ...] = ()
     if trusted:
