@@ -19,6 +19,9 @@ from yuneta.errors import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="yuneta", description="Yuneta for Python")
+    from yuneta.ycommand import version_line
+
+    parser.add_argument("--version", action="version", version=version_line("yuneta"))
     sub = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (("run", "run a yuno"), ("check", "validate configs, start nothing")):
         p = sub.add_parser(verb, help=text)

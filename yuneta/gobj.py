@@ -50,7 +50,11 @@ ASK_TIMEOUT = 60.0
 #: Commands every gobj answers, besides those of its gclass.
 BUILTIN_COMMANDS: tuple[Command, ...] = (
     Command(
-        "help", "cmd_help", (), "List the commands of this gobj with their parameters", ("h", "?")
+        "help",
+        "cmd_help",
+        (Param("str", "cmd", "", "A command to describe with its parameters and their types"),),
+        "List the commands of this gobj with their parameters (help <command>: one in full)",
+        ("h", "?"),
     ),
     Command(
         "view-attrs", "cmd_view_attrs", (), "View the public attributes of this gobj", ("attrs",)
@@ -616,9 +620,22 @@ class GObj:
             return answer
         return _normalize(answer)
 
+    def commands(self) -> list[Command]:
+        """The gclass's commands, then the built-in ones it does not redefine."""
+        own = {c.name for c in self.gclass.commands}
+        return [*self.gclass.commands, *(c for c in BUILTIN_COMMANDS if c.name not in own)]
+
     def cmd_help(self, cmd: str, kw: dict, src: GObj | None) -> dict:
+        wanted = str(kw.get("cmd") or "").strip()
+        if wanted:
+            found = self.find_command(wanted)
+            if found is None:
+                raise CommandError(
+                    f"command '{wanted}' not available in '{self.name}' ({self.gclass.name})"
+                )
+            return envelope(0, "", None, _command_help(found))
         rows = []
-        for c in (*self.gclass.commands, *BUILTIN_COMMANDS):
+        for c in self.commands():
             params = " ".join(
                 f"{p.name}=<{p.type}>"
                 + (f" (default {p.default!r})" if p.default not in (None, "") else "")
@@ -632,11 +649,19 @@ class GObj:
                     "description": c.description,
                 }
             )
+        # Columns as wide as their longest cell: help is read whole, never cut.
         schema = [
-            {"id": "command", "header": "Command", "fillspace": 20},
-            {"id": "aliases", "header": "Aliases", "fillspace": 8},
-            {"id": "parameters", "header": "Parameters", "fillspace": 60},
-            {"id": "description", "header": "Description", "fillspace": 60},
+            {
+                "id": key,
+                "header": header,
+                "fillspace": max([len(header)] + [len(r[key]) for r in rows]),
+            }
+            for key, header in (
+                ("command", "Command"),
+                ("aliases", "Aliases"),
+                ("parameters", "Parameters"),
+                ("description", "Description"),
+            )
         ]
         return envelope(0, f"{len(rows)} commands of {self.gclass.name}^{self.name}", schema, rows)
 
@@ -685,6 +710,28 @@ class GObj:
 
     def __repr__(self) -> str:
         return f"<{self.full_name} {self.state}>"
+
+
+def _command_help(c: Command) -> str:
+    """One command in full: what it does, then each parameter with its type and default."""
+    aliases = f" (aliases: {', '.join(c.aliases)})" if c.aliases else ""
+    lines = [f"{c.name}{aliases}: {c.description}"]
+    rows = [
+        (
+            f"{p.name}=<{p.type}>",
+            p.description + (f" (default {p.default!r})" if p.default not in (None, "") else ""),
+        )
+        for p in c.params
+    ]
+    if c.wild:
+        rows.append(("[key=value ...]", "any other parameter is passed on"))
+    if rows:
+        width = max(len(left) for left, _ in rows)
+        lines.append("parameters:")
+        lines += [f"  {left.ljust(width)}  {text}".rstrip() for left, text in rows]
+    else:
+        lines.append("parameters: none")
+    return "\n".join(lines)
 
 
 def _normalize(answer: Any) -> dict:

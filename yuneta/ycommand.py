@@ -20,6 +20,8 @@ import contextlib
 import json
 import os
 import re
+import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -178,11 +180,48 @@ def _comment_of(kw: dict[str, Any]) -> str:
     return comment if isinstance(comment, str) else ""
 
 
+_TREE_KEYS = ("gclass", "name", "state", "running", "children")
+
+
+def _is_tree(data: Any) -> bool:
+    return isinstance(data, dict) and all(k in data for k in _TREE_KEYS)
+
+
+def render_tree(node: dict[str, Any], color: bool = False) -> str:
+    """A `view-gobj-tree` answer drawn as a tree: name, [gclass], state, running/playing flags,
+    and the asked attributes, one gobj a line."""
+    out: list[str] = []
+
+    def label(n: dict[str, Any]) -> str:
+        flags = ("running" if n.get("running") else "stopped") + (
+            ", playing" if n.get("playing") else ""
+        )
+        attrs = n.get("attrs") or {}
+        extra = " " + " ".join(f"{k}={_cell_text(v)}" for k, v in attrs.items()) if attrs else ""
+        return (
+            f"{_paint(str(n.get('name')), _CYAN, color)} [{n.get('gclass')}] "
+            f"{n.get('state')} ({flags}){extra}"
+        )
+
+    def walk(n: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
+        out.append(label(n) if root else f"{prefix}{'└── ' if last else '├── '}{label(n)}")
+        children = [c for c in n.get("children") or [] if isinstance(c, dict)]
+        inner = "" if root else prefix + ("    " if last else "│   ")
+        for i, child in enumerate(children):
+            walk(child, inner, i == len(children) - 1, False)
+
+    walk(node, "", True, True)
+    return "\n".join(out)
+
+
 def _render_data(schema: Any, data: Any, color: bool) -> str | None:
-    """Data as the C prints it: a list with a table schema -> table; other lists and dicts ->
-    JSON indented by 4; a string as is; numbers/booleans as JSON; null -> None (nothing)."""
+    """Data as the C prints it: a list with a table schema -> table; a gobj tree drawn as a
+    tree; other lists and dicts -> JSON indented by 4; a string as is; numbers/booleans as
+    JSON; null -> None (nothing)."""
     if isinstance(data, list) and _is_table_schema(schema):
         return render_table(schema, data, color)
+    if _is_tree(data):
+        return render_tree(data, color)
     if isinstance(data, (list, dict)):
         return json.dumps(data, indent=4, ensure_ascii=False)
     if isinstance(data, str):
@@ -231,8 +270,14 @@ def render_answer(kw: dict[str, Any], color: bool = False) -> str:
     data = kw.get("data")
     parts: list[str] = []
     if _is_per_yuno_answers(data) and not _is_table_schema(schema):
+        said = set()
         for entry in data:
             parts.extend(_render_yuno_entry(entry, color))
+            label = f"{entry.get('yuno_role')}^{entry.get('yuno_name')}"
+            own = _comment_of(entry)
+            said.add(own if own.startswith(label) else f"{label}: {own}".rstrip())
+        if comment in said:  # one yuno: the agent's comment is that yuno's, printed above
+            return "\n".join(parts)
     else:
         body = _render_data(schema, data, color)
         if body is not None:
@@ -424,6 +469,37 @@ class AgentLink:
             self._inbox.put_nowait(event)
 
 
+def connect_failure(exc: BaseException, opts: Options) -> str:
+    """Why a connection failed, in an operator's words: never an empty reason."""
+    from websockets.exceptions import InvalidMessage, InvalidStatus, InvalidURI
+
+    secure = opts.url.lower().startswith("wss://")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not trusted: {exc.verify_message} (give --cafile, or --insecure)"
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc).lower().replace("_", " ")
+        hint = " (is it a plain ws:// port?)" if "version" in reason or "record" in reason else ""
+        return f"TLS handshake failed: {reason}{hint}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there: is the agent running?)"
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError)) and secure:
+        return "connection reset during the TLS handshake (is it a plain ws:// port?)"
+    if isinstance(exc, TimeoutError):
+        return f"no connection within {opts.wait:g} s"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror or exc}"
+    if isinstance(exc, InvalidStatus):
+        return f"the server refused the WebSocket handshake: HTTP {exc.response.status_code}"
+    if isinstance(exc, InvalidMessage):
+        hint = "" if secure else " (is it a wss:// port?)"
+        return f"no valid WebSocket handshake answer{hint}"
+    if isinstance(exc, InvalidURI):
+        return f"not a ws:// or wss:// URL ({exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class Shell:
     """Runs command lines over an `AgentLink` and prints the answers."""
 
@@ -482,10 +558,10 @@ class Shell:
                 max_size=ievent.DEFAULT_MAX_FRAME_SIZE,
                 ping_interval=None,
             )
-        except (OSError, TimeoutError) as exc:
-            raise YcommandError(f"cannot connect to {opts.url}: {exc or 'timeout'}") from None
-        except Exception as exc:  # invalid URI, refused handshake...
-            raise YcommandError(f"cannot connect to {opts.url}: {exc}") from None
+        except Exception as exc:  # refused, unresolvable, TLS, invalid URI, rejected handshake...
+            raise YcommandError(
+                f"cannot connect to {opts.url}: {connect_failure(exc, opts)}"
+            ) from None
         self.link = AgentLink(ws, session, opts.wait, self.show_late)
         try:
             return await self.link.identify()
@@ -544,8 +620,110 @@ def _history_lines() -> list[str]:
     ]
 
 
-def _setup_readline(names: list[str]) -> Callable[[], None]:
-    """History in ~/.ycommand_history and tab completion of ``names``; returns the saver."""
+_PARAM_RE = re.compile(r"([A-Za-z_][\w\-]*)=<(\w+)>")
+_NAME_PARAMS = {"service": "gobjs", "gobj": "gobjs", "yuno_name": "yuno_name"}
+_YUNO_PARAMS = ("id", "yuno_role", "yuno_name")
+
+
+def command_params(kw: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """{command: {param: type}} from a `help` table answer (its Parameters column)."""
+    out: dict[str, dict[str, str]] = {}
+    data = kw.get("data")
+    if isinstance(data, list):
+        for row in data:
+            if isinstance(row, dict) and isinstance(row.get("command"), str):
+                params = row.get("parameters") if isinstance(row.get("parameters"), str) else ""
+                out[row["command"]] = dict(_PARAM_RE.findall(params))
+    return out
+
+
+def _tree_names(node: Any) -> set[str]:
+    if not _is_tree(node):
+        return set()
+    names = {str(node["name"])}
+    for child in node.get("children") or []:
+        names |= _tree_names(child)
+    return names
+
+
+class Completer:
+    """Tab completion: command names first; then the command's parameter names (`key=`);
+    after `key=` its values: `command=` the target's commands, `service=`/`gobj=` the known
+    gobj names, `id=`/`yuno_role=`/`yuno_name=` the agent's yunos, a bool true/false.
+    Values are asked of the agent (`fetch`, bounded) the first time they are needed."""
+
+    def __init__(self, help_kw: dict[str, Any], fetch: Callable[[str], dict[str, Any] | None]):
+        self.params = command_params(help_kw)
+        self.names = sorted(set(extract_command_names(help_kw)) | set(LOCAL_COMMANDS))
+        self.fetch = fetch
+        self.cache: dict[str, list[str]] = {}
+        self.matches: list[str] = []
+
+    def _values(self, kind: str) -> list[str]:
+        if kind in self.cache:
+            return self.cache[kind]
+        values: set[str] = set()
+        if kind == "yuno_commands":
+            for entry in self._data("command-yuno command=help service=__yuno__", list):
+                values |= set(command_params(entry).keys()) if isinstance(entry, dict) else set()
+        elif kind == "gobjs":
+            values = {"__yuno__", "__default_service__"}
+            values |= _tree_names(self._data("view-gobj-tree", dict))
+            for entry in self._data("command-yuno command=view-gobj-tree service=__yuno__", list):
+                values |= _tree_names(entry.get("data") if isinstance(entry, dict) else None)
+        elif kind in _YUNO_PARAMS:
+            for row in self._data("list-yunos", list):
+                if isinstance(row, dict) and row.get(kind):
+                    values.add(str(row[kind]))
+        self.cache[kind] = sorted(values)
+        return self.cache[kind]
+
+    def _data(self, line: str, kind: type) -> Any:
+        kw = self.fetch(line) or {}
+        data = kw.get("data")
+        return data if isinstance(data, kind) else kind()
+
+    def candidates(self, before: str, text: str) -> list[str]:
+        """Completions of `text`, the word ending at the cursor; `before` is the line up to it."""
+        segment = re.split(r";", before)[-1]
+        prefix = text[: len(text) - len(text.lstrip("-"))]
+        words = segment.lstrip(" \t-").split()
+        if len(words) == 0 or (len(words) == 1 and not segment.endswith((" ", "\t"))):
+            word = text.lstrip("-")
+            return [f"{prefix}{n} " for n in self.names if n.startswith(word)]
+        command = words[0]
+        params = self.params.get(command, {})
+        if "=" in text:
+            key, _, value = text.partition("=")
+            if key == "command":
+                kind = "yuno_commands" if command == "command-yuno" else "agent_commands"
+                choices = list(self.params) if kind == "agent_commands" else self._values(kind)
+            elif params.get(key) == "bool":
+                choices = ["true", "false"]
+            elif key in _YUNO_PARAMS:
+                choices = self._values(key)
+            elif key in _NAME_PARAMS:
+                choices = self._values(_NAME_PARAMS[key])
+            else:
+                choices = []
+            return [f"{key}={c} " for c in choices if c.startswith(value)]
+        given = {w.split("=", 1)[0] for w in words[1:] if "=" in w}
+        return [f"{p}=" for p in params if p.startswith(text) and p not in given]
+
+    def complete(self, text: str, state: int) -> str | None:
+        if state == 0:
+            import readline
+
+            before = readline.get_line_buffer()[: readline.get_endidx()]
+            try:
+                self.matches = self.candidates(before, text)
+            except Exception:  # completion must never kill the shell
+                self.matches = []
+        return self.matches[state] if state < len(self.matches) else None
+
+
+def _setup_readline(completer: Completer) -> Callable[[], None]:
+    """History in ~/.ycommand_history and `completer` on tab; returns the history saver."""
     try:
         import readline
     except ImportError:
@@ -554,18 +732,7 @@ def _setup_readline(names: list[str]) -> Callable[[], None]:
     with contextlib.suppress(OSError):
         readline.read_history_file(path)
     readline.set_history_length(1000)
-    words = sorted(set(names) | set(LOCAL_COMMANDS))
-
-    def complete(text: str, state: int) -> str | None:
-        line = readline.get_line_buffer()
-        current = re.split(r"[;\s]", line[: readline.get_endidx()])[-1].lstrip("-")
-        if current != text.lstrip("-"):
-            return None
-        prefix = text[: len(text) - len(text.lstrip("-"))]
-        matches = [prefix + w for w in words if w.startswith(text.lstrip("-"))]
-        return matches[state] if state < len(matches) else None
-
-    readline.set_completer(complete)
+    readline.set_completer(completer.complete)
     readline.set_completer_delims(" \t;")
     readline.parse_and_bind("tab: complete")
 
@@ -578,18 +745,29 @@ def _setup_readline(names: list[str]) -> Callable[[], None]:
 
 async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
     assert shell.link is not None
-    names: list[str] = []
+    help_kw: dict[str, Any] = {}
     try:
-        names = extract_command_names((await shell.link.command("help")).kw)
+        help_kw = (await shell.link.command("help")).kw
     except YcommandError:
         pass
-    save_history = _setup_readline(names)
+    loop = asyncio.get_running_loop()
+    link = shell.link
+
+    def fetch(line: str) -> dict[str, Any] | None:
+        # Called by readline in input()'s executor thread while the loop is idle.
+        future = asyncio.run_coroutine_threadsafe(link.command(line), loop)
+        try:
+            return future.result(shell.opts.wait).kw
+        except Exception:
+            future.cancel()
+            return None
+
+    save_history = _setup_readline(Completer(help_kw, fetch))
     remote = opened.remote_yuno_role + (
         f"^{opened.remote_yuno_name}" if opened.remote_yuno_name else ""
     )
     shell.emit(f"Connected to '{remote}', url:'{shell.opts.url}'.")
     prompt = f"{remote}> "
-    loop = asyncio.get_running_loop()
     try:
         if shell.opts.command and await shell.run_line(shell.opts.command) == "exit":
             return shell.last_result & 0xFF
@@ -620,6 +798,12 @@ async def _interactive(shell: Shell, opened: ievent.SessionOpened) -> int:
 # ---------------------------------------------------------------------------
 
 
+def version_line(prog: str) -> str:
+    from yuneta import __version__
+
+    return f"{prog} (Yuneta for Python) {__version__}, Python {sys.version.split()[0]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (option letters as the C ycommand)."""
     p = argparse.ArgumentParser(
@@ -628,6 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Inside a line ';' chains commands; a leading '-' goes on after an error. "
         "Exit code: the last answer's result & 0xFF.",
     )
+    p.add_argument("--version", action="version", version=version_line("ycommand"))
     p.add_argument("-c", "--command", default="", help="command line to run")
     p.add_argument("-u", "--url", default=DEFAULT_URL, help=f"URL (default {DEFAULT_URL})")
     p.add_argument(
