@@ -109,7 +109,7 @@ def test_agent_launches_routes_and_kills_yunos(tmp_path, agent):
         code, certs = ycommand_json(agent.url, "command-yuno command=view-cert service=__yuno__")
         assert code == 0 and certs["result"] == 0
         subjects = {a["yuno_name"]: a["data"][0]["subject"] for a in certs["data"]}
-        assert subjects == {"one": "CN=one", "two": "CN=two"}
+        assert subjects == {"one": "/CN=one", "two": "/CN=two"}
 
         code, reload = ycommand_json(
             agent.url, "command-yuno command=reload-certs service=__yuno__"

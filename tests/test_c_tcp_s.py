@@ -74,7 +74,7 @@ def test_view_cert_after_start_and_reload_to_b_with_live_session(tmp_path, ca, y
 
     info = listener.command("view-cert")
     assert info["result"] == 0
-    assert info["data"]["subject"] == "CN=alpha" and info["data"]["serial"] == a.serial
+    assert info["data"]["subject"] == "/CN=alpha" and info["data"]["serial"] == a.serial
     assert (
         info["data"]["url"] == "tcps://127.0.0.1:0" and 364 <= info["data"]["days_remaining"] <= 365
     )
@@ -86,7 +86,7 @@ def test_view_cert_after_start_and_reload_to_b_with_live_session(tmp_path, ca, y
     shutil.copy(b.key_path, live_crypto / "srv.key")
     answer = listener.command("reload-certs")
     assert answer["result"] == 0 and answer["comment"] == "TLS certificates reloaded"
-    assert listener.command("view-cert")["data"]["subject"] == "CN=bravo"
+    assert listener.command("view-cert")["data"]["subject"] == "/CN=bravo"
 
     assert echo(live, b"after") == b"after"  # the live session survived
     assert served_serial(port, ca) == b.serial  # a new session sees B
@@ -306,7 +306,7 @@ def test_expiry_monitor_logs_critical_warning_and_nothing(tmp_path, ca, yunos, y
     assert {r["listener"] for r in warning} == {"d5"}
     assert (
         critical[0]["days_remaining"] == 1
-        and critical[0]["subject"] == "CN=d1"
+        and critical[0]["subject"] == "/CN=d1"
         and critical[0]["not_after"]
     )
     # The monitor never reloads.

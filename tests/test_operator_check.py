@@ -55,7 +55,7 @@ def test_a_good_listener_is_reported_with_its_facts(capsys, tmp_path, ca):
     code, out = check(capsys, config(tmp_path, ca.issue(tmp_path, "good").crypto()))
     assert code == 0, out
     (line,) = [line for line in out.splitlines() if line.startswith("  listener")]
-    assert line.strip().startswith("listener echo_tls (tcps://127.0.0.1:0): OK: CN=good, EC P-256")
+    assert line.strip().startswith("listener echo_tls (tcps://127.0.0.1:0): OK: /CN=good, EC P-256")
     assert "chain of 2" in line and "log handlers: OK: to_stderr (stderr)" in out
 
 
@@ -115,3 +115,37 @@ def test_a_bad_log_handler_fails_the_check_in_one_line(capsys, tmp_path, ca):
         "environment.log_handlers.f.filename: directory /no/such does not exist"
     )
     assert len(out.strip().splitlines()) == 1
+
+
+def test_cert_info_keeps_the_original_keys_and_types_beside_ours(tmp_path, ca):
+    import subprocess
+
+    from yuneta.tls_material import load_material
+
+    issued = ca.issue(tmp_path, "host")
+    info = load_material(issued.crypto()).info.as_dict()
+
+    def openssl(what: str) -> str:  # the C tools print X509_NAME_oneline: OpenSSL's compat form
+        out = subprocess.run(
+            [
+                "openssl",
+                "x509",
+                "-in",
+                str(issued.cert_path),
+                "-noout",
+                f"-{what}",
+                "-nameopt",
+                "compat",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return out.strip().split("=", 1)[1]
+
+    assert info["subject"] == openssl("subject") == "/CN=host"
+    assert info["issuer"] == openssl("issuer") and info["issuer"].startswith("/O=Yuneta Test CA")
+    assert type(info["not_before"]) is int and type(info["not_after"]) is int
+    assert info["not_after"] == int(issued.cert.not_valid_after_utc.timestamp())
+    assert info["not_after_iso"].endswith("Z") and info["subject_rfc4514"] == "CN=host"
+    assert {"san", "fingerprint_sha256", "key_type", "chain_length", "issuer_rfc4514"} <= set(info)

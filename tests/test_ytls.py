@@ -58,8 +58,10 @@ def test_cert_info_describes_the_leaf(
         "issuer",
         "not_before",
         "not_after",
-        "not_before_epoch",
-        "not_after_epoch",
+        "not_before_iso",
+        "not_after_iso",
+        "subject_rfc4514",
+        "issuer_rfc4514",
         "serial",
         "days_remaining",
         "san",
@@ -67,11 +69,12 @@ def test_cert_info_describes_the_leaf(
         "key_type",
         "chain_length",
     }
-    assert info["subject"] == "CN=web"
-    assert "O=Yuneta Test CA" in info["issuer"]
+    assert info["subject"] == "/CN=web" and info["subject_rfc4514"] == "CN=web"
+    assert "/O=Yuneta Test CA" in info["issuer"] and "O=Yuneta Test CA" in info["issuer_rfc4514"]
     assert info["serial"] == issued.serial and info["serial"] == info["serial"].upper()
-    assert ISO.match(info["not_before"]) and ISO.match(info["not_after"])
-    assert info["not_after_epoch"] == int(issued.cert.not_valid_after_utc.timestamp())
+    assert ISO.match(info["not_before_iso"]) and ISO.match(info["not_after_iso"])
+    assert info["not_after"] == int(issued.cert.not_valid_after_utc.timestamp())
+    assert type(info["not_before"]) is int and type(info["not_after"]) is int
     assert info["days_remaining"] == math.floor(days)
     assert info["san"] == ["web.test", "127.0.0.1"]
     assert info["key_type"] == "EC P-256"
@@ -94,7 +97,7 @@ def test_reload_to_new_certificate_changes_subject(ca: TestCA, tmp_path: Path) -
     ytls = Ytls(a.crypto())
     old_ctx = ytls.context
     ytls.reload(b.crypto())
-    assert ytls.cert_info()["subject"] == "CN=b"
+    assert ytls.cert_info()["subject"] == "/CN=b"
     assert ytls.context is not old_ctx
     assert ytls.reload_count == 1
     assert ytls.crypto["ssl_certificate"] == str(b.cert_path)
@@ -109,7 +112,7 @@ def test_failed_reload_keeps_the_current_certificate(ca: TestCA, tmp_path: Path)
     with pytest.raises(TlsError, match="file not found"):
         ytls.reload()
     assert ytls.context is current
-    assert ytls.cert_info()["subject"] == "CN=b"
+    assert ytls.cert_info()["subject"] == "/CN=b"
 
 
 def test_reload_without_arguments_rereads_the_same_files(ca: TestCA, tmp_path: Path) -> None:
@@ -275,7 +278,7 @@ def test_bad_material_is_refused_precisely_and_old_context_stays(
     assert "PRIVATE KEY" not in str(err.value)
     assert err.value.key in str(err.value)
     assert ytls.context is before
-    assert ytls.cert_info()["subject"] == "CN=current"
+    assert ytls.cert_info()["subject"] == "/CN=current"
     with pytest.raises(exc_type):
         build_server_context(crypto)
 
@@ -300,7 +303,7 @@ def test_alternating_reloads_leave_only_the_current_context_alive(
     gc.collect()
     assert ytls.reload_count == 1000
     assert ytls.alive_contexts() == 1
-    assert ytls.cert_info()["subject"] == "CN=a"
+    assert ytls.cert_info()["subject"] == "/CN=a"
 
 
 def test_old_context_lives_while_a_session_holds_it(ca: TestCA, tmp_path: Path) -> None:
@@ -560,7 +563,7 @@ def test_a_certificate_openssl_loads_but_cannot_serve_with_is_refused_and_old_ke
         ytls.reload(dsa_crypto)
     assert str(err.value).startswith(f"ssl_certificate {dsa_crypto['ssl_certificate']}: ")
     assert "cannot be used for a TLS handshake" in str(err.value)
-    assert ytls.context is before and ytls.cert_info()["subject"] == "CN=good"
+    assert ytls.context is before and ytls.cert_info()["subject"] == "/CN=good"
     with pytest.raises(CertificateFileError, match="cannot be used for a TLS handshake"):
         check_crypto(dsa_crypto)
 

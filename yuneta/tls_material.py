@@ -82,10 +82,13 @@ class TlsSettingError(TlsError):
 
 @dataclass(frozen=True, slots=True)
 class CertInfo:
-    """Static facts of a leaf certificate, computed once per build."""
+    """Static facts of a leaf certificate, computed once per build. `subject`/`issuer` are
+    in OpenSSL's one-line form (`/CN=host/O=org`), as the original prints them."""
 
     subject: str
     issuer: str
+    subject_rfc4514: str
+    issuer_rfc4514: str
     not_before: _dt.datetime
     not_after: _dt.datetime
     serial: str
@@ -95,18 +98,21 @@ class CertInfo:
     chain_length: int
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
-        """The `view-cert` data; `days_remaining` is computed against `now` (epoch seconds)."""
+        """The `view-cert` data (SPEC 4): the original's keys with the original's types, then
+        ours under keys of their own; `days_remaining` is computed against `now` (epoch s)."""
         now = time.time() if now is None else now
-        not_after_epoch = int(self.not_after.timestamp())
+        not_after = int(self.not_after.timestamp())
         return {
             "subject": self.subject,
             "issuer": self.issuer,
-            "not_before": _iso(self.not_before),
-            "not_after": _iso(self.not_after),
-            "not_before_epoch": int(self.not_before.timestamp()),
-            "not_after_epoch": not_after_epoch,
+            "not_before": int(self.not_before.timestamp()),
+            "not_after": not_after,
             "serial": self.serial,
-            "days_remaining": math.floor((not_after_epoch - now) / 86400),
+            "days_remaining": math.floor((not_after - now) / 86400),
+            "not_before_iso": _iso(self.not_before),
+            "not_after_iso": _iso(self.not_after),
+            "subject_rfc4514": self.subject_rfc4514,
+            "issuer_rfc4514": self.issuer_rfc4514,
             "san": list(self.san),
             "fingerprint_sha256": self.fingerprint_sha256,
             "key_type": self.key_type,
@@ -229,11 +235,26 @@ def _san(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(str(getattr(name, "value", name)) for name in ext)
 
 
+# OpenSSL's short names where RFC 4514 has none (X509_NAME_oneline prints these).
+_ONELINE_NAMES = {"1.2.840.113549.1.9.1": "emailAddress", "2.5.4.5": "serialNumber"}
+
+
+def _oneline(name: x509.Name) -> str:
+    """`/CN=host/O=org`: OpenSSL's X509_NAME_oneline form, RDNs in the certificate's order."""
+    out = []
+    for attr in name:
+        short = attr.rfc4514_attribute_name
+        out.append(f"/{_ONELINE_NAMES.get(short, short)}={attr.value!s}")
+    return "".join(out)
+
+
 def _cert_info(certs: list[x509.Certificate]) -> CertInfo:
     leaf = certs[0]
     return CertInfo(
-        subject=leaf.subject.rfc4514_string(),
-        issuer=leaf.issuer.rfc4514_string(),
+        subject=_oneline(leaf.subject),
+        issuer=_oneline(leaf.issuer),
+        subject_rfc4514=leaf.subject.rfc4514_string(),
+        issuer_rfc4514=leaf.issuer.rfc4514_string(),
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         serial=format(leaf.serial_number, "X"),
