@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: an agent and a TLS echo yuno on generated certificates, driven by ycommand.
 # No root needed; everything lives under ./demo-run. `--once` runs the demonstration and exits.
-# Ctrl-C, SIGTERM or an error stop everything it started. DEMO_RUN, DEMO_AGENT_PORT,
-# DEMO_PORT and DEMO_METRICS_PORT move it elsewhere; PYTHON and VENV pick the interpreter (scripts/venv.sh).
+# Ctrl-C, SIGTERM or an error stop everything it started. DEMO_RUN, DEMO_AGENT_PORT, DEMO_PORT
+# and DEMO_METRICS_PORT move it elsewhere; PYTHON and VENV pick the interpreter (scripts/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ONCE=0; [ "${1:-}" = "--once" ] && ONCE=1
@@ -51,7 +51,7 @@ trap 'exit 129' HUP
 # shellcheck source=scripts/venv.sh
 . scripts/venv.sh
 use_venv ""
-for port in "$AGENT_PORT" "$PORT"; do
+for port in "$AGENT_PORT" "$PORT" "$METRICS_PORT"; do
     if "$PY" -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1',$port))!=0)"; then
         echo "port $port is busy on 127.0.0.1: stop what uses it (an earlier demo?) and retry" >&2; exit 1
     fi
