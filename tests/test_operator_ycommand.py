@@ -115,7 +115,10 @@ def test_view_gobj_tree_is_drawn_as_a_tree(term):
     screen = term.read_until("__input_side__")
     assert re.search(r"^agent \[C_YUNO\] ST_IDLE \(running, playing\)$", screen, re.MULTILINE)
     assert "└── agent [C_AGENT] ST_IDLE (running, playing)" in screen
-    assert "    └── __input_side__ [C_IEVENT_SRV] ST_IDLE (running, playing)" in screen
+    assert re.search(
+        r"^    [├└]── __input_side__ \[C_IEVENT_SRV\] ST_IDLE \(running, playing\)$", screen, re.M
+    )
+    assert re.search(r"^    [├└]── __check_timer__ \[C_TIMER\] ", screen, re.M)
     assert '"children"' not in screen
 
 
