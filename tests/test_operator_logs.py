@@ -141,18 +141,26 @@ def test_a_huge_field_is_capped():
     assert json.loads(line)["card"].endswith(f"(+{900_000 - ylog.MAX_FIELD} chars)")
 
 
-def test_asyncio_and_websockets_messages_are_json_lines():
+def test_other_libraries_warnings_and_dying_threads_are_json_lines():
     code = (
-        "import logging, asyncio\n"
+        "import logging, threading, warnings\n"
         "from yuneta.log import setup_logging\n"
         "setup_logging()\n"
         "logging.getLogger('asyncio').warning('socket.send() raised exception.')\n"
         "logging.getLogger('websockets.server').error('opening handshake failed', exc_info=ValueError('x'))\n"
+        "warnings.warn('old API', DeprecationWarning)\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='worker'); t.start(); t.join()\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env()
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
     )
     lines = [json.loads(line) for line in proc.stderr.splitlines()]  # every line JSON
-    assert [r["gobj"] for r in lines] == ["asyncio", "websockets.server"]
+    assert [r["gobj"] for r in lines] == ["asyncio", "websockets.server", "py.warnings", "__yuno__"]
     assert lines[0]["msg"] == "socket.send() raised exception."
     assert "ValueError" in lines[1]["traceback"]
+    assert "DeprecationWarning: old API" in lines[2]["msg"]
+    assert lines[3]["msg"] == "thread died" and "ZeroDivisionError" in lines[3]["traceback"]

@@ -157,9 +157,21 @@ def setup_logging(handlers: dict[str, dict] | None = None, level: str = "info") 
         root.addHandler(_foreign)
     for name in ("asyncio", "websockets"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python's warnings too: no plain-text line on stderr
+    threading.excepthook = _thread_died
     has_file = any(isinstance(h, FileHandler) for h in _logger.handlers)
     if has_file and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGHUP, _on_sighup)
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one JSON line (not Python's raw traceback)."""
+    name = args.thread.name if args.thread is not None else "?"
+    _logger.critical(
+        "thread died",
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+        extra={"gobj": "__yuno__", "thread_name": name},
+    )
 
 
 def reopen_files() -> None:
