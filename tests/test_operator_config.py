@@ -132,3 +132,14 @@ def test_non_finite_and_mistyped_writes_are_refused_and_the_agent_keeps_answerin
             assert "expected" in bad.stdout, bad.stdout
         code, attrs = ycommand_json(agent.url, "view-attrs")
         assert code == 0 and attrs["data"]["command_timeout"] == 10.0
+
+
+def test_a_bad_value_from_a_variable_blames_the_file_that_set_the_variable(tmp_path):
+    override = tmp_path / "site.json"
+    override.write_text(json.dumps({"__json_config_variables__": {"url": 7443}}))
+    proc = yuneta("check", "-f", str(CONFIGS / "echo-tls.json"), "-f", str(override), cwd=tmp_path)
+    assert proc.returncode == 2
+    line = one_line(proc)
+    assert line.startswith(
+        f"config error: {override}: __json_config_variables__.url (as services[0].kw.url): "
+    ), line

@@ -89,6 +89,7 @@ class _Merger:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
         self.origin: dict[Path, str] = {}
+        self.var_sites: dict[Path, str] = {}  # path -> the variable substituted there
 
     def merge(self, data: dict[str, Any], file: str) -> None:
         self._merge_into(self.data, data, (), file)
@@ -117,6 +118,16 @@ class _Merger:
             if file is not None:
                 return file
         return next(iter(set(self.origin.values())), "<config>")
+
+    def blame(self, path: Path) -> tuple[str, str]:
+        """(file, path text) to name in an error about `path`: where a variable put the
+        value, the file that set that variable (an override, typically), not the base."""
+        for n in range(len(path), 0, -1):
+            var = self.var_sites.get(path[:n])
+            if var is not None:
+                vpath = ("__json_config_variables__", var, *path[n:])
+                return self.file_of(vpath[:2]), f"{fmt_path(vpath)} (as {fmt_path(path)})"
+        return self.file_of(path), fmt_path(path)
 
 
 def load_config(files: list[str], extra: list[dict[str, Any]] | None = None) -> YunoConfig:
@@ -260,6 +271,7 @@ def _substitute(value: Any, variables: dict[str, Any], path: Path, merger: _Merg
             )
         return variables[name]
 
+    merger.var_sites[path] = _VAR_RE.findall(value)[0]
     whole = _VAR_RE.fullmatch(value)
     if whole:
         return copy.deepcopy(lookup(whole.group(1)))
@@ -275,7 +287,7 @@ def _validate(
     data: dict[str, Any], variables: dict, merger: _Merger, files: list[str]
 ) -> YunoConfig:
     def fail(path: Path, problem: str) -> ConfigError:
-        return ConfigError(merger.file_of(path), fmt_path(path), problem)
+        return ConfigError(*merger.blame(path), problem)
 
     for key in data:
         if key not in TOP_KEYS:
@@ -317,7 +329,7 @@ def _validate(
     services_raw = data.get("services", [])
     if not isinstance(services_raw, list):
         raise fail(("services",), "must be a list of gobj trees")
-    services = _nodes(services_raw, ("services",), global_kw, fail, merger.file_of)
+    services = _nodes(services_raw, ("services",), global_kw, fail, merger.blame)
     _check_global_targets(global_kw, services, fail)
 
     return YunoConfig(files, environment, global_kw, yuno_kw, services, variables, data)
@@ -358,7 +370,7 @@ def _check_kw(gdef: GClassDef, kw: dict, path: Path, fail: Any) -> dict:
         raise fail((*path, attr) if attr else path, str(exc)) from None
 
 
-def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, file_of: Any) -> list[ServiceNode]:
+def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, blame: Any) -> list[ServiceNode]:
     out: list[ServiceNode] = []
     seen: set[str] = set()
     for i, node in enumerate(raw):
@@ -387,9 +399,9 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, file_of: Any) -> l
             raise fail((*p, "kw"), "must be an object")
         merged = {**_globals_for(global_kw, gdef.name, name), **kw}
         origins = {
-            attr: (file_of((*p, "kw", attr)), fmt_path((*p, "kw", attr)))
+            attr: blame((*p, "kw", attr))
             if attr in kw
-            else _global_origin(global_kw, gdef.name, name, attr, file_of)
+            else _global_origin(global_kw, gdef.name, name, attr, blame)
             for attr in merged
         }
         kw = _check_kw(gdef, merged, (*p, "kw"), fail)
@@ -401,7 +413,7 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, file_of: Any) -> l
                 name=name,
                 gclass=gdef.name,
                 kw=kw,
-                children=_nodes(children, (*p, "children"), global_kw, fail, file_of),
+                children=_nodes(children, (*p, "children"), global_kw, fail, blame),
                 as_service=bool(node.get("as_service", False)),
                 default_service=bool(node.get("default_service", False)),
                 autostart=bool(node.get("autostart", True)),
@@ -413,14 +425,14 @@ def _nodes(raw: list, path: Path, global_kw: dict, fail: Any, file_of: Any) -> l
 
 
 def _global_origin(
-    global_kw: dict, gclass: str, name: str, attr: str, file_of: Any
+    global_kw: dict, gclass: str, name: str, attr: str, blame: Any
 ) -> tuple[str, str]:
     """Where a `global` entry that reached this gobj was set (by name wins over gclass)."""
     for target in (name, gclass):
         for key in global_kw:
             t, _, a = key.partition(".")
             if t.lower() == target.lower() and a == attr:
-                return file_of(("global", key)), fmt_path(("global", key))
+                return blame(("global", key))
     return "<config>", ""
 
 
