@@ -1,9 +1,9 @@
 """`yuneta check`: what `nginx -t` is to nginx, for a yuno config.
 
 After the config itself (syntax, types, variables, log handlers: `yuneta.config`), every
-TLS listener's material is validated exactly as `reload-certs` would (`ytls.check_crypto`:
-files, size, PEM, key match, chain order, a handshake in memory, so a key type TLS cannot
-use is refused), then its expiry is compared with the yuno's thresholds. One line per
+TLS listener's material is validated exactly as `reload-certs` would (the gclass's own
+`check_crypto`, DTLS's for C_UDP_S: files, size, PEM, key match, chain order, a handshake in
+memory, so a key type TLS cannot use is refused), then its expiry is compared with the yuno's thresholds. One line per
 listener says what was found; any failure makes the whole check fail.
 """
 
@@ -33,10 +33,10 @@ def _yuno_attr(config: YunoConfig, name: str) -> Any:
     return next(a.default for a in find_gclass("C_YUNO").GCLASS.attrs if a.name == name)
 
 
-def check_listener(node: ServiceNode, warn: float, critical: float, now: float) -> tuple[bool, str]:
-    """(ok, what was found) for one TLS listener."""
-    from yuneta.ytls import check_crypto
-
+def check_listener(
+    node: ServiceNode, check_crypto: Any, warn: float, critical: float, now: float
+) -> tuple[bool, str]:
+    """(ok, what was found) for one TLS listener, by the check its reload runs."""
     try:
         info = check_crypto(node.kw.get("crypto") or {})
     except YunetaError as exc:
@@ -87,13 +87,14 @@ def check_config(config: YunoConfig, now: float | None = None) -> tuple[bool, li
     lines = [f"log handlers: {text}"]
     listeners = 0
     for name, node in _nodes(config.services):
-        if not issubclass(find_gclass(node.gclass), TlsListener):
+        gclass = find_gclass(node.gclass)
+        if not issubclass(gclass, TlsListener):
             continue
         url = str(node.kw.get("url", ""))
         if not SECURE_SCHEMES.get(url.partition("://")[0].lower(), False):
             continue
         listeners += 1
-        good, text = check_listener(node, warn, critical, now)
+        good, text = check_listener(node, gclass.check_crypto, warn, critical, now)
         ok = ok and good
         lines.append(f"listener {name} ({url}): {text}")
     if not listeners:
