@@ -111,10 +111,13 @@ class FileHandler(logging.handlers.RotatingFileHandler):
         super().__init__(filename, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
 
     def reopen(self) -> None:
-        with self.lock:
+        self.acquire()
+        try:
             if self.stream is not None:
                 self.stream.close()
             self.stream = self._open()
+        finally:
+            self.release()
 
 
 class _Foreign(logging.Handler):

@@ -632,8 +632,9 @@ def command_params(kw: dict[str, Any]) -> dict[str, dict[str, str]]:
     if isinstance(data, list):
         for row in data:
             if isinstance(row, dict) and isinstance(row.get("command"), str):
-                params = row.get("parameters") if isinstance(row.get("parameters"), str) else ""
-                out[row["command"]] = dict(_PARAM_RE.findall(params))
+                params = row.get("parameters")
+                text = params if isinstance(params, str) else ""
+                out[row["command"]] = dict(_PARAM_RE.findall(text))
     return out
 
 
