@@ -5,8 +5,8 @@ scrape while one yuno is stopped (SIGSTOP), in alternating rounds.
 
 A real agent (configs/agent.json) launches `--yunos` echo yunos; each round scrapes
 `--scrapes` times and reads the agent's own collection time (a refresh asks every yuno at
-once, each bounded by yuno_timeout). Prints medians per state: scrape milliseconds,
-collection milliseconds, and the exposition's size. Timings on a shared machine are noisy:
+once, each bounded by yuno_timeout). Prints per state the median and the slowest scrape and
+collection (milliseconds), and the exposition's size. Timings on a shared machine are noisy:
 compare the two states within one run.
 """
 
@@ -60,12 +60,14 @@ def main() -> None:
                     )
                 if r % 2:
                     os.kill(pids[0], signal.SIGCONT)
-            print(f"{args.yunos} echo yunos, yuno_timeout {YUNO_TIMEOUT} s, medians:")
+            print(f"{args.yunos} echo yunos, yuno_timeout {YUNO_TIMEOUT} s:")
             for state, got in results.items():
                 print(
-                    f"  {state:12s} scrape {statistics.median(got['scrape_ms']):7.2f} ms"
-                    f"  collection {statistics.median(got['collect_ms']):8.2f} ms"
-                    f"  exposition {int(statistics.median(got['bytes']))} bytes"
+                    f"  {state:12s} scrape median {statistics.median(got['scrape_ms']):6.2f} ms"
+                    f" max {max(got['scrape_ms']):7.2f} ms;"
+                    f" collection median {statistics.median(got['collect_ms']):8.2f} ms"
+                    f" max {max(got['collect_ms']):8.2f} ms;"
+                    f" exposition {int(statistics.median(got['bytes']))} bytes"
                 )
         finally:
             host.stop()
