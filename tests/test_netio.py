@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from certs import TestCA, serial_of_peer
 from clients import echo, tls_connect, wait_for
 
@@ -999,3 +1000,36 @@ def test_openssl_s_client_resumes_sessions_tls12_reconnect_and_tls13_tickets(
     assert "Reused, TLSv1.3" in out, out[-2000:]
     assert wait_for(lambda: server.connxs == 0 and server.handshaking == 0)
     assert server.handshake_failures == 0 and server.tconnxs == 8
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_client_chain_longer_than_ssl_verify_depth_is_refused_and_counted(
+    ioloop: IOLoop, ca: TestCA, tmp_path: Path, depth: int
+) -> None:
+    # A client leaf signed by an intermediate CA: one untrusted CA between leaf and root,
+    # so depth 0 refuses it and depth 1 (OpenSSL's meaning) accepts it.
+    client_root = trustme.CA()
+    client_leaf = client_root.create_child_ca().issue_cert("client.test")
+    ca_file = tmp_path / "client-root.pem"
+    client_root.cert_pem.write_to_path(str(ca_file))
+    crypto = ca.issue(tmp_path, "srv").crypto(
+        ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth
+    )
+    reasons: list[str] = []
+    server = TcpServer(
+        ioloop, tls=Ytls(crypto).get_context, on_handshake_failed=lambda p, r: reasons.append(r)
+    )
+    port = server.start_listening()
+    client_ctx = ca.client_context()
+    client_leaf.configure_cert(client_ctx)  # leaf + intermediate
+
+    with tls_connect(port, client_ctx) as sock:
+        if depth == 1:
+            assert echo(sock, b"deep enough") == b"deep enough"
+            assert server.handshake_failures == 0
+            return
+        sock.sendall(b"too deep")
+        assert closed_by_server(sock)
+    assert wait_for(lambda: server.handshake_failures == 1)
+    assert reasons == ["client certificate chain has 1 intermediate CA(s), ssl_verify_depth 0"]
+    assert server.tconnxs == 0 and server.handshaking == 0

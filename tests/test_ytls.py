@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from certs import TestCA, serial_of_peer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,9 +23,7 @@ from yuneta.ytls import (
     CertificateFileError,
     KeyMismatchError,
     TlsError,
-    TlsSettingError,
     Ytls,
-    _set_verify_depth,
     build_server_context,
     build_server_context_with_info,
     check_crypto,
@@ -451,45 +448,6 @@ def test_building_a_context_writes_no_file(ca: TestCA, tmp_path: Path) -> None:
         with contextlib.suppress(OSError):
             assert key_body not in (tmp_dir / name).read_bytes()
     assert _handshake_serial(ctx, client_ctx) == info.serial == issued.serial
-
-
-# ---------------------------------------------------------------------------
-# ssl_verify_depth (written through ctypes: only when configured, only when safe)
-# ---------------------------------------------------------------------------
-
-
-def _client_with_intermediate_handshake(ca: TestCA, tmp_path: Path, depth: int) -> None:
-    """mTLS with a client leaf signed by an intermediate CA (one untrusted CA in its chain)."""
-    client_root = trustme.CA()
-    client_leaf = client_root.create_child_ca().issue_cert("client.test")
-    tmp_path.mkdir()
-    ca_file = tmp_path / "client-root.pem"
-    client_root.cert_pem.write_to_path(str(ca_file))
-    ctx = build_server_context(
-        ca.issue(tmp_path, "srv").crypto(
-            ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth
-        )
-    )
-    client_ctx = ca.client_context()
-    client_leaf.configure_cert(client_ctx)  # leaf + intermediate
-    _handshake_serial(ctx, client_ctx)
-
-
-def test_verify_depth_really_limits_the_client_chain(ca: TestCA, tmp_path: Path) -> None:
-    # OpenSSL counts the untrusted CAs above the leaf: the intermediate needs depth 1.
-    _client_with_intermediate_handshake(ca, tmp_path / "one", depth=1)
-    with pytest.raises(ssl.SSLError):
-        _client_with_intermediate_handshake(ca, tmp_path / "zero", depth=0)
-
-
-def test_verify_depth_is_refused_when_the_context_does_not_look_fresh(
-    ca: TestCA, tmp_path: Path
-) -> None:
-    # The pointer check expects OpenSSL's unset depth; a context whose depth was already
-    # written no longer passes it, so nothing is written blindly.
-    ctx = build_server_context(ca.issue(tmp_path, "srv").crypto(ssl_verify_depth=3))
-    with pytest.raises(TlsSettingError, match="ssl_verify_depth: cannot be applied safely"):
-        _set_verify_depth(ctx, 5)
 
 
 # ---------------------------------------------------------------------------

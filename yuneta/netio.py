@@ -18,7 +18,6 @@ opens, closes and handshake failures through cheap callbacks and plain counters.
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import concurrent.futures
 import errno
@@ -32,6 +31,8 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
+
+from yuneta import sslcompat
 
 T = TypeVar("T")
 
@@ -313,6 +314,23 @@ def _close_lingering(poller: Any) -> None:
     poller.lingering.clear()
 
 
+def _chain_too_deep(sslobj: Any) -> str | None:
+    """Why a finished handshake is refused by the context's `ssl_verify_depth`, or None.
+
+    OpenSSL's meaning: the most intermediate CAs between the peer's leaf and the trust
+    anchor (Python's `ssl` cannot set it on the context, so it is checked here).
+    """
+    depth = getattr(sslobj.context, "yuneta_verify_depth", None)
+    if depth is None:
+        return None
+    intermediates = sslcompat.verified_chain_length(sslobj) - 2
+    if intermediates <= depth:
+        return None
+    return (
+        f"client certificate chain has {intermediates} intermediate CA(s), ssl_verify_depth {depth}"
+    )
+
+
 class Connection:
     """One accepted socket, plain or TLS, living in the loop thread.
 
@@ -470,13 +488,7 @@ class Connection:
             self._in = incoming = ssl.MemoryBIO()
             self._out = outgoing = ssl.MemoryBIO()
             # The context current *now*: a later reload does not touch this session.
-            ctx = provider()
-            if ctx.sslobject_class is ssl.SSLObject:
-                # What ctx.wrap_bio() builds inside its ssl.SSLObject; we keep the C object
-                # itself (same methods), sparing a Python wrapper call on every operation.
-                self._sslobj = ctx._wrap_bio(incoming, outgoing, server_side=True)
-            else:
-                self._sslobj = ctx.wrap_bio(incoming, outgoing, server_side=True)._sslobj
+            self._sslobj = sslcompat.wrap_server(provider(), incoming, outgoing)
         except Exception as exc:  # a broken provider must not kill the accept loop
             self._fail_handshake(f"no TLS context: {exc}")
             return
@@ -546,6 +558,10 @@ class Connection:
                 self._fail_handshake(exc.reason or str(exc))
                 return
             self._flush()  # our last flight and the session tickets, in one send
+            refused = _chain_too_deep(sslobj)
+            if refused is not None:
+                self._fail_handshake(refused)
+                return
             self._end_handshake()
             self._open()
             # Application data may have come with the client's Finished; else nothing to read.
@@ -878,7 +894,7 @@ class TcpServer:
         # Our own accept: a bare socket object and a Connection, no transport, task or future.
         for _ in range(_ACCEPT_BATCH):
             try:
-                fd, addr = lsock._accept()  # type: ignore[attr-defined]
+                sock, addr = sslcompat.accept(lsock)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -889,7 +905,6 @@ class TcpServer:
                 self._accept_paused.add(lsock.fileno())
                 self._loop.call_later(1.0, self._resume_accept, lsock)  # type: ignore[union-attr]
                 return
-            sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
             try:
                 # The descriptor stays in blocking mode: every recv/send passes MSG_DONTWAIT
                 # (one syscall less per connection than setting O_NONBLOCK). A socket born

@@ -16,15 +16,14 @@ calling `get_context` at accept time) see either the old or the new context, nev
 
 from __future__ import annotations
 
-import ctypes
 import os
 import ssl
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from yuneta import sslcompat
 from yuneta.tls_material import (
     CRYPTO_KEYS,
     DEFAULT_CIPHERS,
@@ -82,50 +81,6 @@ def _load_cert_chain_from_memory(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: 
             os.close(fd)
 
 
-# Python's ssl has no verify-depth setter, so `_set_verify_depth` calls libssl through ctypes
-# with the SSL_CTX pointer read from CPython's private PySSLContext struct (its first field
-# after PyObject_HEAD, stable from CPython 3.7 to 3.13). RISK: if a CPython release reorders
-# that struct, the pointer is garbage and writing through it corrupts memory. So it is only
-# done when ssl_verify_depth is configured, on CPython, on a context we just created, and only
-# after two reads through the pointer agree with what the public API says: the options word
-# equals `ctx.options` and the verify depth is still OpenSSL's unset default (-1 in OpenSSL
-# 1.1 and 3.x; 100, the effective limit, in older builds). Anything else refuses the setting.
-_DEFAULT_VERIFY_DEPTHS = (-1, 100)
-
-
-def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
-    if sys.implementation.name != "cpython" or type(ctx) is not ssl.SSLContext:
-        raise TlsSettingError(
-            "ssl_verify_depth", None, "not supported on this Python (no verify-depth API)"
-        )
-    libssl = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]
-    try:
-        get_options = libssl.SSL_CTX_get_options
-        get_depth = libssl.SSL_CTX_get_verify_depth
-        set_depth = libssl.SSL_CTX_set_verify_depth
-    except AttributeError:
-        raise TlsSettingError(
-            "ssl_verify_depth", None, "not supported by this OpenSSL build (no verify-depth API)"
-        ) from None
-    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
-    get_depth.argtypes, get_depth.restype = [ctypes.c_void_p], ctypes.c_int
-    set_depth.argtypes, set_depth.restype = [ctypes.c_void_p, ctypes.c_int], None
-    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if (
-        not ssl_ctx
-        or get_options(ssl_ctx) != int(ctx.options)
-        or get_depth(ssl_ctx) not in _DEFAULT_VERIFY_DEPTHS
-    ):
-        raise TlsSettingError(
-            "ssl_verify_depth",
-            None,
-            "cannot be applied safely on this Python build (unexpected SSLContext layout)",
-        )
-    set_depth(ssl_ctx, depth)
-    if get_depth(ssl_ctx) != depth:
-        raise TlsSettingError("ssl_verify_depth", None, "could not be applied")
-
-
 def server_context(material: TlsMaterial) -> ssl.SSLContext:
     """A brand-new stdlib server context loaded from `material` (not yet proven: see
     `probe_handshake`). Raises `TlsError` when `ssl` refuses a setting or the chain."""
@@ -156,7 +111,13 @@ def server_context(material: TlsMaterial) -> ssl.SSLContext:
             ) from None
     ctx.verify_mode = _VERIFY_MODES[settings.verify_mode]
     if settings.verify_depth is not None:
-        _set_verify_depth(ctx, settings.verify_depth)
+        if not sslcompat.HAS_VERIFIED_CHAIN:
+            raise TlsSettingError(
+                "ssl_verify_depth", None, "not supported on this Python (no verified chain)"
+            )
+        # Python's ssl has no verify-depth setter: the I/O layer checks the verified chain
+        # of each finished handshake against this and refuses (and counts) a longer one.
+        ctx.yuneta_verify_depth = settings.verify_depth  # type: ignore[attr-defined]
     # netio reads this to report which certificate a session was served with.
     ctx.yuneta_cert_serial = material.info.serial  # type: ignore[attr-defined]
     return ctx
