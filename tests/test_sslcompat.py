@@ -1,0 +1,53 @@
+"""The private CPython shortcuts: self-tested at import, and the public fallbacks serve alike."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from certs import TestCA
+from clients import echo, tls_connect, wait_for
+
+from yuneta import sslcompat
+from yuneta.netio import IOLoop, TcpServer
+from yuneta.ytls import Ytls
+
+
+@pytest.fixture
+def public_only() -> Iterator[None]:
+    sslcompat.use_public()
+    try:
+        yield
+    finally:
+        sslcompat.use_private()
+
+
+def test_the_self_tests_pass_on_this_cpython() -> None:
+    assert sslcompat.PRIVATE == {"wrap_bio": True, "accept": True}
+    assert sslcompat.HAS_VERIFIED_CHAIN
+    obj = sslcompat.wrap_server(
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.MemoryBIO(), ssl.MemoryBIO()
+    )
+    assert not isinstance(obj, ssl.SSLObject)  # the C object itself
+
+
+def test_the_public_fallbacks_serve_tls_and_count_like_the_shortcuts(
+    public_only: None, tmp_path: Path
+) -> None:
+    ca = TestCA()
+    assert sslcompat.PRIVATE == {"wrap_bio": False, "accept": False}
+    ioloop = IOLoop()
+    ioloop.start()
+    try:
+        server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
+        port = server.start_listening()
+        with tls_connect(port, ca.client_context()) as sock:
+            assert echo(sock, b"public") == b"public"
+            conn = server.connections()[0]
+            assert conn.tls_version == "TLSv1.3" and conn.cert_serial
+        assert wait_for(lambda: server.connxs == 0)
+        assert server.tconnxs == 1 and server.handshake_failures == 0
+    finally:
+        ioloop.stop()

@@ -1,0 +1,444 @@
+"""The I/O loop of a yuno: one thread, one epoll, asyncio on top for code that wants coroutines.
+
+`IOLoop` runs an asyncio event loop in its own thread whose selector is `FdSelector`: asyncio
+polls it as usual, and descriptors registered with `add_fd` are dispatched straight from the
+same `epoll_wait` to a plain callback (a dict lookup per event, no `Handle`, no trip through
+asyncio's ready queue, no second epoll). So the TLS listener's hot path is one poll per wakeup
+while wsio and subprocesses keep their coroutines.
+
+The loop's public API, and from which thread each may be called:
+* any thread: `post(fn, *args)`, `call_later(delay, fn, *args)` (a cancellable `Timer`),
+  `run(coro)` / `run_sync(coro)`, `run_process(argv, timeout)` (a subprocess with a time
+  limit whose result arrives as a Future: an actor adds a done-callback that posts an event
+  to itself and never blocks);
+* the loop thread only: `add_fd(fd, events, callback)`, `modify_fd`, `remove_fd`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import math
+import os
+import select
+import selectors
+import signal
+import socket
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# After we close (all sent, FIN out) we keep reading, and dropping, until the peer's EOF, at
+# most this long: closing with its data unread, or getting more after close, makes the
+# kernel answer with a RST, which destroys whatever we sent that the peer has not read yet.
+LINGER_TIMEOUT = 5.0
+_DISCARD = bytearray(65536)  # what a lingering socket still receives goes here, unread
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+#: Event bits of `add_fd` / `modify_fd` and of what their callbacks receive.
+READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+# Events handed out per epoll_wait; the rest stay ready for the next one (level-triggered).
+_MAX_EVENTS = 512
+
+
+def _fd_of(fileobj: Any) -> int:
+    fd = fileobj if isinstance(fileobj, int) else int(fileobj.fileno())
+    if fd < 0:
+        raise ValueError(f"invalid file descriptor: {fd}")
+    return fd
+
+
+class _KeyMap(Mapping[Any, selectors.SelectorKey]):
+    """`get_map()` of FdSelector: keys looked up by descriptor or by object with fileno()."""
+
+    def __init__(self, keys: dict[int, selectors.SelectorKey]) -> None:
+        self._keys = keys
+
+    def __getitem__(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._keys[_fd_of(fileobj)]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class FdSelector(selectors.BaseSelector):
+    """An epoll selector for asyncio that also dispatches `add_fd` descriptors directly.
+
+    asyncio's registrations are ordinary selector keys; `add_fd` ones never become keys:
+    `select()` calls their callback with the epoll event bits as it reads the poll result.
+    An exception from such a callback goes to the loop's exception handler.
+    """
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._callbacks: dict[int, Callable[[int], None]] = {}
+        self._map = _KeyMap(self._keys)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- direct descriptors (the I/O layer's sockets) ---------------------------------------
+
+    def add_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        self._ep.register(fd, events)
+        self._callbacks[fd] = callback
+
+    def modify_fd(self, fd: int, events: int) -> None:
+        self._ep.modify(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            self._ep.unregister(fd)
+
+    # -- selectors.BaseSelector, for asyncio ------------------------------------------------
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(selectors.EVENT_READ | selectors.EVENT_WRITE):
+            raise ValueError(f"invalid events: {events!r}")
+        fd = _fd_of(fileobj)
+        if fd in self._keys or fd in self._callbacks:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._ep.register(fd, self._epoll_bits(events))
+        self._keys[fd] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        key = self._keys.pop(_fd_of(fileobj))
+        try:
+            self._ep.unregister(key.fd)
+        except OSError:  # already closed: the kernel dropped it
+            pass
+        return key
+
+    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = self._keys[_fd_of(fileobj)]
+        if events != key.events:
+            self._ep.modify(key.fd, self._epoll_bits(events))
+        key = key._replace(events=events, data=data)
+        self._keys[key.fd] = key
+        return key
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._map
+
+    def close(self) -> None:
+        self._keys.clear()
+        self._callbacks.clear()
+        self._ep.close()
+
+    @staticmethod
+    def _epoll_bits(events: int) -> int:
+        return (READ if events & selectors.EVENT_READ else 0) | (
+            WRITE if events & selectors.EVENT_WRITE else 0
+        )
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:  # round up: a timer due in 0.3 ms must not spin through zero-timeout polls
+            timeout = math.ceil(timeout * 1e3) * 1e-3
+        try:
+            polled = self._ep.poll(timeout, _MAX_EVENTS)
+        except InterruptedError:
+            return []
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        callbacks = self._callbacks
+        keys = self._keys
+        for fd, bits in polled:
+            # A descriptor is removed before it is closed, never left for close() to drop
+            # (a forked child's copy would keep the registration firing), and appears once
+            # per poll: no event of a removed one is still queued here.
+            callback = callbacks.get(fd)
+            if callback is not None:
+                try:
+                    callback(bits)
+                except Exception as exc:
+                    self._report(exc, callback)
+                continue
+            key = keys.get(fd)
+            if key is not None:
+                events = (selectors.EVENT_READ if bits & ~WRITE else 0) | (
+                    selectors.EVENT_WRITE if bits & ~READ else 0
+                )
+                ready.append((key, events & key.events))
+        return ready
+
+    def _report(self, exc: Exception, callback: Any) -> None:
+        if self.loop is not None:
+            self.loop.call_exception_handler(
+                {
+                    "message": "netio: descriptor callback failed",
+                    "exception": exc,
+                    "callback": callback,
+                }
+            )
+
+
+class Timer:
+    """A `call_later` timer; `cancel()` from any thread."""
+
+    __slots__ = ("_ioloop", "_handle", "_cancelled")
+
+    def __init__(self, ioloop: IOLoop) -> None:
+        self._ioloop = ioloop
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        handle = self._handle
+        if handle is not None:
+            if self._ioloop.in_loop_thread():
+                handle.cancel()
+            else:
+                self._ioloop.post(handle.cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessResult:
+    """How a `run_process` child ended: `returncode` (negative: killed by that signal),
+    its output, and `timed_out` when the time limit killed it."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+
+
+class IOLoop:
+    """An asyncio event loop over an `FdSelector`, in its own daemon thread.
+
+    `start()` returns once the loop runs; `stop()` closes every server started on it
+    (connections included), stops the loop and joins the thread.
+    """
+
+    def __init__(self, name: str = "yuneta-io") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: FdSelector | None = None
+        self._thread: threading.Thread | None = None
+        self._servers: set[Any] = set()  # TcpServers with sockets or connections here
+        self._on_stop: list[Callable[[], None]] = []
+        self._lingering: dict[int, Any] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running asyncio loop (RuntimeError before `start()`)."""
+        if self._loop is None:
+            raise RuntimeError(f"IOLoop {self.name} is not started")
+        return self._loop
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is threading.current_thread()
+
+    def start(self) -> None:
+        """Start the loop thread; idempotent while running."""
+        if self.running:
+            return
+        selector = FdSelector()
+        loop = asyncio.SelectorEventLoop(selector)
+        selector.loop = loop
+        ready = threading.Event()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            try:
+                loop.run_forever()
+            finally:
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                for hook in self._on_stop:
+                    hook()
+                self._on_stop.clear()
+                for fd, sock in list(self._lingering.items()):
+                    selector.remove_fd(fd)
+                    sock.close()
+                self._lingering.clear()
+                loop.close()  # closes the selector and its epoll
+
+        self._loop = loop
+        self._selector = selector
+        self._thread = threading.Thread(target=main, name=self.name, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close all servers and their connections (gracefully, within `timeout`), then stop."""
+        if not self.running:
+            return
+        if self._servers:
+            self.run_sync(self._close_servers(timeout), timeout + 1.0)
+        assert self._loop is not None and self._thread is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout + 1.0)
+        self._thread = None
+        self._loop = None
+        self._selector = None
+
+    async def _close_servers(self, timeout: float) -> None:
+        await asyncio.gather(
+            *(s.aclose(close_connections=True, timeout=timeout) for s in list(self._servers))
+        )
+
+    # -- any thread -----------------------------------------------------------------------------
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn(*args)` in the loop thread soon; callable from any thread."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> asyncio.Handle:
+        """asyncio's spelling of `post` (returns the cancellable handle)."""
+        return self.loop.call_soon_threadsafe(fn, *args)
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run `fn(*args)` in the loop thread after `delay` seconds; callable from any thread."""
+        timer = Timer(self)
+        loop = self.loop
+
+        def arm() -> None:
+            if not timer._cancelled:
+                timer._handle = loop.call_later(delay, fn, *args)
+
+        if self.in_loop_thread():
+            arm()
+        else:
+            loop.call_soon_threadsafe(arm)
+        return timer
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run `coro` in the loop from another thread; returns a concurrent Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run `coro` in the loop and wait for its result (never call from the loop thread)."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError("run_sync() called from the IOLoop thread would deadlock")
+        return self.run(coro).result(timeout)
+
+    def run_process(
+        self, argv: Sequence[str], timeout: float, *, stdin: bytes | None = None
+    ) -> concurrent.futures.Future[ProcessResult]:
+        """Run `argv` (no shell) with a time limit; the Future gets its `ProcessResult`.
+
+        At the limit the child is killed (SIGKILL) and reaped: `timed_out` is True. A
+        program that cannot start sets the Future's exception (OSError). Any thread.
+        """
+        if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
+            raise TypeError("argv must be a non-empty list of strings")
+        return self.run(_run_process(tuple(argv), timeout, stdin))
+
+    # -- loop thread only -------------------------------------------------------------------------
+
+    def add_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """Call `callback(event_bits)` when `fd` is ready for `events` (READ | WRITE)."""
+        self._selector_now().add_fd(fd, events, callback)
+
+    def modify_fd(self, fd: int, events: int) -> None:
+        self._selector_now().modify_fd(fd, events)
+
+    def remove_fd(self, fd: int) -> None:
+        """Stop watching `fd` (before closing it: see `FdSelector.select`)."""
+        self._selector_now().remove_fd(fd)
+
+    def on_stop(self, hook: Callable[[], None]) -> None:
+        """Run `hook()` in the loop thread as the loop ends, before its selector closes."""
+        self._on_stop.append(hook)
+
+    def linger(self, sock: Any) -> None:
+        """Everything is sent: FIN, then drop what still arrives until the peer's EOF (or
+        LINGER_TIMEOUT), then close `sock`. For closes we start, so off the hot path."""
+        fd = sock.fileno()
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # not connected any more
+            sock.close()
+            return
+        lingering = self._lingering
+        selector = self._selector_now()
+
+        def done() -> None:
+            if lingering.get(fd) is sock:
+                del lingering[fd]
+                timer.cancel()
+                selector.remove_fd(fd)
+                sock.close()
+
+        def on_event(events: int) -> None:
+            try:
+                if sock.recv_into(_DISCARD, 0, _DONTWAIT):
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass
+            done()  # EOF or an error
+
+        lingering[fd] = sock
+        selector.add_fd(fd, READ, on_event)
+        timer = self.loop.call_later(LINGER_TIMEOUT, done)
+
+    @property
+    def selector(self) -> FdSelector:
+        """The loop's selector (for the I/O layer's per-event calls, loop thread only)."""
+        return self._selector_now()
+
+    def add_server(self, server: Any) -> None:
+        """`IOLoop.stop` will `aclose(close_connections=True)` this server (loop thread)."""
+        self._servers.add(server)
+
+    def discard_server(self, server: Any) -> None:
+        self._servers.discard(server)
+
+    def _selector_now(self) -> FdSelector:
+        if self._selector is None:
+            raise RuntimeError(f"IOLoop {self.name} is not started")
+        return self._selector
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def _run_process(argv: tuple[str, ...], timeout: float, stdin: bytes | None) -> ProcessResult:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a signal to our process group never reaches the child
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        timed_out = False
+    except TimeoutError:
+        _kill_group(proc)  # its own children too: they may hold the output pipes open
+        out, err = await proc.communicate()
+        timed_out = True
+    except BaseException:  # cancelled (loop stopping): leave no child behind
+        if proc.returncode is None:
+            _kill_group(proc)
+            await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return ProcessResult(argv, proc.returncode, out, err, timed_out)
