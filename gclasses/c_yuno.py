@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from gclasses.c_timer import CTimer
-from gclasses.tls_listener import TlsListener
+from gclasses.tls_listener import FORGET_SESSIONS, TlsListener
 from yuneta.command import envelope
 from yuneta.gclass import Attr, Command, Flag, GClassDef, register_gclass
 from yuneta.gobj import GObj, create_gobj
@@ -86,7 +86,7 @@ GCLASS = GClassDef(
         Command(
             "reload-certs",
             "cmd_reload_certs",
-            (),
+            (FORGET_SESSIONS,),
             "Reload the certificates of every running TLS listener",
         ),
         Command(
@@ -209,7 +209,9 @@ class CYuno(GObj):
     def cmd_reload_certs(self, cmd: str, kw: dict, src: Any) -> dict:
         details = []
         for listener in self.tls_listeners():
-            answer = listener.command("reload-certs", src=self)
+            answer = listener.command(
+                "reload-certs", {"forget-sessions": bool(kw.get("forget-sessions"))}, src=self
+            )
             details.append(
                 {"gobj": listener.name, "result": answer["result"], "comment": answer["comment"]}
             )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from yuneta.command import envelope
 from yuneta.errors import CommandError
-from yuneta.gclass import Attr, Command, Flag
+from yuneta.gclass import Attr, Command, Flag, Param
 from yuneta.scheduler import scheduler
 from yuneta.watch import DEFAULT_DEBOUNCE, DirWatcher
 from yuneta.ytls import TlsError, Ytls, check_crypto
@@ -102,8 +102,18 @@ def crypto_paths(crypto: dict[str, Any]) -> dict[str, str]:
     return {k: os.path.abspath(str(crypto[k])) for k in CRYPTO_FILE_KEYS if crypto.get(k)}
 
 
+#: `reload-certs forget-sessions=1`: also drop every session and ticket key (key compromise).
+FORGET_SESSIONS = Param(
+    "bool", "forget-sessions", False, "Also forget TLS sessions: no client resumes after this"
+)
+
 TLS_COMMANDS = (
-    Command("reload-certs", "cmd_reload_certs", (), "Reload this listener's TLS certificates"),
+    Command(
+        "reload-certs",
+        "cmd_reload_certs",
+        (FORGET_SESSIONS,),
+        "Reload this listener's TLS certificates",
+    ),
     Command("view-cert", "cmd_view_cert", (), "View the certificate this listener serves"),
 )
 
@@ -163,15 +173,16 @@ class TlsListener:
             "not_after": info["not_after"],
         }
 
-    def reload_tls(self, will_retry: bool = False) -> dict[str, Any]:
+    def reload_tls(self, will_retry: bool = False, forget_sessions: bool = False) -> dict[str, Any]:
         """Build, validate and swap in a context from `crypto`; CommandError when refused.
 
         `will_retry`: the caller tries again shortly if the reason is transient, so such a
-        refusal is only a warning and not yet counted."""
+        refusal is only a warning and not yet counted. Sessions survive (clients resume)
+        unless `forget_sessions`."""
         if self.ytls is None or not self.running:
             raise CommandError(NOT_TLS)
         try:
-            self.ytls.reload(self.attrs["crypto"])
+            self.ytls.reload(self.attrs["crypto"], forget_sessions=forget_sessions)
         except TlsError as exc:
             if will_retry and is_transient_failure(str(exc)):
                 self.log("warning", "TLS reload refused, will retry", error=str(exc))
@@ -196,6 +207,7 @@ class TlsListener:
             serial=info["serial"],
             not_after=info["not_after"],
             days_remaining=info["days_remaining"],
+            forget_sessions=forget_sessions,
         )
         return info
 
@@ -207,7 +219,7 @@ class TlsListener:
             self.start_cert_watch()
 
     def cmd_reload_certs(self, cmd: str, kw: dict, src: Any) -> dict:
-        info = self.reload_tls()
+        info = self.reload_tls(forget_sessions=bool(kw.get("forget-sessions")))
         return envelope(0, "TLS certificates reloaded", None, {**info, "url": self.attrs["url"]})
 
     def cmd_view_cert(self, cmd: str, kw: dict, src: Any) -> dict:

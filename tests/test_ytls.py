@@ -18,6 +18,7 @@ from certs import TestCA, serial_of_peer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from yuneta.netio import TlsSession
 from yuneta.tls_material import TlsSettings, load_material
 from yuneta.ytls import (
     CertificateFileError,
@@ -306,7 +307,13 @@ def test_alternating_reloads_leave_only_the_current_context_alive(
 def test_old_context_lives_while_a_session_holds_it(ca: TestCA, tmp_path: Path) -> None:
     a, b = ca.issue(tmp_path, "a"), ca.issue(tmp_path, "b")
     ytls = Ytls(a.crypto())
-    session = ytls.get_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    session = TlsSession(ytls.get_context())
+    client = TlsSession(ca.client_context(), server_side=False, server_hostname="a.test")
+    client.start()
+    for _ in range(3):
+        session.receive(client.data_to_send())
+        client.receive(session.data_to_send())
+    assert session.context is ytls.context  # selected at the ClientHello
     ytls.reload(b.crypto())
     gc.collect()
     assert ytls.alive_contexts() == 2

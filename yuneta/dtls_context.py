@@ -184,6 +184,7 @@ class Ydtls(Ytls):
     swaps in a validated, proven fresh context or raises `TlsError` leaving the old one."""
 
     build = staticmethod(_checked)
+    session_factory = None  # DTLS sessions do not resume across reloads (yet)
 
     def dtls_context(self) -> SSL.Context:
         """Zero-arg provider for `udpio.UdpServer(tls=...)`: the current DTLS context

@@ -52,6 +52,7 @@ __all__ = [
     "check_crypto",
     "probe_handshake",
     "server_context",
+    "session_context",
 ]
 
 _MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -214,34 +215,90 @@ def build_server_context(crypto: Mapping[str, Any]) -> ssl.SSLContext:
     return _checked(crypto)[0]
 
 
-class Ytls:
-    """The current TLS context of one listener, hot-reloadable.
+def session_context(material: TlsMaterial, select: Any) -> ssl.SSLContext:
+    """A listener-lifetime context carrying `material`'s settings but no certificate.
 
-    `get_context` (zero-arg) is what the I/O layer calls at accept time. `reload()` swaps in
-    a validated, proven fresh context or raises `TlsError` leaving the old one serving.
+    Every connection is wrapped from it; `select(sslobj, server_name, ctx)`, called by
+    OpenSSL on every ClientHello (with or without SNI), switches the session to the current
+    certificate's context. OpenSSL keeps the session cache and the ticket keys on the context
+    a session was created from (`SSL_CTX` `session_ctx`), so they outlive certificate reloads:
+    a client resumes after `reload-certs` (TLS 1.2 ticket or id, TLS 1.3 ticket). Verify mode
+    and protocol options are copied from here at wrap time, so they must match the
+    certificate context's: a reload that changes them builds a new session context.
+    """
+    settings = material.settings
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _MIN_VERSIONS[settings.min_version]
+    ctx.set_ciphers(settings.ciphers or DEFAULT_CIPHERS)  # already accepted by server_context
+    if settings.disable_renegotiation:
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
+    if material.ca_der:
+        ctx.load_verify_locations(cadata=b"".join(material.ca_der))
+    ctx.verify_mode = _VERIFY_MODES[settings.verify_mode]
+    ctx.sni_callback = select
+    return ctx
+
+
+def _session_key(material: TlsMaterial) -> tuple[Any, ...]:
+    # What a session context copies into each session; the client CA too, because a session
+    # resumed under a changed CA would skip checking the client against the new one.
+    return (material.settings, material.ca_der)
+
+
+class Ytls:
+    """The TLS contexts of one listener: a listener-lifetime session context and the
+    current certificate's context, hot-reloadable (see `session_context`).
+
+    `get_context` (zero-arg) is what the I/O layer calls at accept time: the session
+    context. `context` is the current certificate's. `reload()` swaps in a validated, proven
+    fresh certificate context or raises `TlsError` leaving the old one serving;
+    `forget_sessions=True` also replaces the session context, so no ticket or session id
+    issued before resumes (for a key compromise).
     """
 
     #: crypto -> (proven context, its material); the DTLS listener's `Ydtls` plugs in the
     #: pyOpenSSL factory (yuneta.dtls_context) and keeps the rest of this class as it is.
     build: Callable[[Mapping[str, Any]], tuple[Any, TlsMaterial]] = staticmethod(_checked)
+    #: (material, selector) -> the listener-lifetime session context; None: no such context.
+    session_factory: Callable[[TlsMaterial, Any], Any] | None = staticmethod(session_context)
 
     def __init__(self, crypto: Mapping[str, Any]) -> None:
         self._lock = threading.Lock()
         self._built: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
         self.reload_count = 0
+        self.sessions_forgotten = 0
         ctx, material = self.build(crypto)
         self._built.add(ctx)
         # One tuple, one assignment: readers never see a context with another's material.
         self._current: tuple[ssl.SSLContext, TlsMaterial] = (ctx, material)
+        self._session_ctx = self._new_session_context(material)
+
+    def _new_session_context(self, material: TlsMaterial) -> Any:
+        # Engines that keep sessions otherwise (DTLS) have no session context: the provider
+        # is then the current certificate's context itself.
+        if self.session_factory is None:
+            return None
+        return self.session_factory(material, self._select)
+
+    def _forgets(self, material: TlsMaterial, forget_sessions: bool) -> bool:
+        """Whether a reload to `material` replaces the session context."""
+        if self.session_factory is None:
+            return False
+        return forget_sessions or _session_key(material) != _session_key(self._current[1])
+
+    def _select(self, sslobj: Any, server_name: str | None, ctx: ssl.SSLContext) -> None:
+        # OpenSSL calls this in the I/O thread inside each handshake; returning None goes on.
+        sslobj.context = self._current[0]
 
     @property
     def context(self) -> ssl.SSLContext:
-        """The context new sessions are wrapped from."""
+        """The current certificate's context (what new sessions are switched to)."""
         return self._current[0]
 
     def get_context(self) -> ssl.SSLContext:
-        """Zero-arg provider for `netio.TcpServer(tls=...)`: the current context."""
-        return self._current[0]
+        """Zero-arg provider for `netio.TcpServer(tls=...)`: the session context (or the
+        current context, without a session factory)."""
+        return self._session_ctx or self._current[0]
 
     @property
     def material(self) -> TlsMaterial:
@@ -253,15 +310,24 @@ class Ytls:
         """A copy of the crypto dict the current context was built from."""
         return dict(self._current[1].crypto)
 
-    def reload(self, crypto: Mapping[str, Any] | None = None) -> CertInfo:
+    def reload(
+        self, crypto: Mapping[str, Any] | None = None, *, forget_sessions: bool = False
+    ) -> CertInfo:
         """Build a fresh context from `crypto` (default: the current one), prove it, swap.
 
-        Returns the new `CertInfo`. On failure raises `TlsError`; the old context stays.
+        Returns the new `CertInfo`. On failure raises `TlsError`; the old context stays (and
+        sessions are not forgotten). Sessions survive unless `forget_sessions` or a change of
+        the settings a session context carries.
         """
         with self._lock:
             ctx, material = self.build(self._current[1].crypto if crypto is None else crypto)
+            renew = self._forgets(material, forget_sessions)
+            session_ctx = self._new_session_context(material) if renew else None
             self._built.add(ctx)
             self._current = (ctx, material)
+            if session_ctx is not None:
+                self._session_ctx = session_ctx
+                self.sessions_forgotten += 1
             self.reload_count += 1
             return material.info
 
@@ -270,5 +336,6 @@ class Ytls:
         return self._current[1].info.as_dict(now)
 
     def alive_contexts(self) -> int:
-        """How many contexts built by this Ytls are still referenced (current included)."""
+        """How many certificate contexts built by this Ytls are still referenced (current
+        included)."""
         return len(self._built)
