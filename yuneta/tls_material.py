@@ -27,7 +27,22 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from yuneta.errors import YunetaError
 
-DEFAULT_CIPHERS = "HIGH:!aNULL:!kRSA:!PSK:!SRP:!MD5:!RC4"
+#: Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults, all AEAD),
+#: in its order: forward secrecy and AEAD only, no CBC, CCM, CAMELLIA or ARIA. The DHE suites
+#: stay unused unless DH parameters are loaded, which is within the profile too.
+DEFAULT_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+#: The original C Yuneta's default, for operators who set it explicitly in `ssl_ciphers`.
+ORIGINAL_CIPHERS = "HIGH:!aNULL:!kRSA:!PSK:!SRP:!MD5:!RC4"
+#: The key-exchange group by default. Python's `ssl` sets one group only (no groups list
+#: before 3.15), and OpenSSL's own list adds X448 and P-521, outside Mozilla's profile.
+#: X25519 is what current clients offer first, so none needs a HelloRetryRequest; clients
+#: without it (Java 8, IE 11) need `ssl_ecdh_curve: "prime256v1"`.
+DEFAULT_ECDH_CURVE = "X25519"
 # A certificate chain or key is a few KiB: a bigger file is a mistake, and reading it whole
 # would stall the yuno and hold its size in memory.
 MAX_PEM_BYTES = 1024 * 1024
@@ -44,6 +59,7 @@ CRYPTO_KEYS = frozenset(
         "ssl_min_version",
         "ssl_verify_depth",
         "ssl_disable_renegotiation",
+        "ssl_ecdh_curve",
     }
 )
 
@@ -289,6 +305,7 @@ class TlsSettings:
     verify_mode: str = "none"
     verify_depth: int | None = None
     disable_renegotiation: bool = True
+    ecdh_curve: str = DEFAULT_ECDH_CURVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +354,9 @@ def _settings(crypto: Mapping[str, Any], has_ca: bool) -> TlsSettings:
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise TlsSettingError("ssl_verify_depth", None, f"not a non-negative integer: {depth!r}")
     ciphers = crypto.get("ssl_ciphers")
+    curve = crypto.get("ssl_ecdh_curve") or DEFAULT_ECDH_CURVE
+    if not isinstance(curve, str):
+        raise TlsSettingError("ssl_ecdh_curve", None, f"not a group name: {curve!r}")
     return TlsSettings(
         min_version=MIN_VERSIONS[min_version.lower()],
         ciphers=str(ciphers) if ciphers else None,
@@ -345,6 +365,7 @@ def _settings(crypto: Mapping[str, Any], has_ca: bool) -> TlsSettings:
         disable_renegotiation=_bool(
             "ssl_disable_renegotiation", crypto.get("ssl_disable_renegotiation", True)
         ),
+        ecdh_curve=curve,
     )
 
 

@@ -96,6 +96,12 @@ def server_context(material: TlsMaterial) -> ssl.SSLContext:
     if settings.disable_renegotiation:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
     try:
+        ctx.set_ecdh_curve(settings.ecdh_curve)
+    except (ValueError, ssl.SSLError):
+        raise TlsSettingError(
+            "ssl_ecdh_curve", None, f"unknown group {settings.ecdh_curve!r}"
+        ) from None
+    try:
         _load_cert_chain_from_memory(ctx, material.cert_chain_pem, material.key_pem)
     except (ssl.SSLError, OSError) as exc:
         raise CertificateFileError(
@@ -232,6 +238,7 @@ def session_context(material: TlsMaterial, select: Any) -> ssl.SSLContext:
     ctx.set_ciphers(settings.ciphers or DEFAULT_CIPHERS)  # already accepted by server_context
     if settings.disable_renegotiation:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.set_ecdh_curve(settings.ecdh_curve)  # also accepted by server_context already
     if material.ca_der:
         ctx.load_verify_locations(cadata=b"".join(material.ca_der))
     ctx.verify_mode = _VERIFY_MODES[settings.verify_mode]
