@@ -2,7 +2,9 @@
 
 Modes: `netio` (yuneta.netio + ytls), `asyncio-streams` (`asyncio.start_server(ssl=ctx)`),
 `asyncio-proto` (`loop.create_server(Protocol, ssl=ctx)`). Prints the port, then answers one
-line per stdin command: `cpu` (process CPU seconds), `rss` (VmRSS KiB), `gc` (collect).
+line per stdin command: `cpu` (process CPU seconds), `rss` (VmRSS KiB), `gc` (collect),
+`reload` (netio: `reload-certs` of the same files, as a renewal would; prints "ok").
+`--private 0` makes netio use only public APIs (yuneta.sslcompat's fallbacks).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import sys
 import threading
 import time
 
-from yuneta.ytls import build_server_context
+from yuneta.ytls import Ytls, build_server_context
+
+RELOADERS: list = []
 
 
 def rss_kib() -> int:
@@ -34,6 +38,10 @@ def control_loop() -> None:
             print(rss_kib(), flush=True)
         elif cmd == "gc":
             gc.collect()
+            print("ok", flush=True)
+        elif cmd == "reload":
+            for reload in RELOADERS:
+                reload()
             print("ok", flush=True)
 
 
@@ -60,20 +68,27 @@ def main() -> None:
     ap.add_argument("--mode", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
+    ap.add_argument("--private", type=int, default=1)
     args = ap.parse_args()
-    ctx = build_server_context({"ssl_certificate": args.cert, "ssl_certificate_key": args.key})
+    crypto = {"ssl_certificate": args.cert, "ssl_certificate_key": args.key}
 
     if args.mode == "netio":
+        from yuneta import sslcompat
         from yuneta.netio import IOLoop, TcpServer
 
+        if not args.private:
+            sslcompat.use_public()
+        ytls = Ytls(crypto)  # as a listener has it: session context + per-handshake selection
+        RELOADERS.append(ytls.reload)
         io = IOLoop()
         io.start()
-        server = TcpServer(io, "127.0.0.1", 0, tls=lambda: ctx, backlog=4096)
+        server = TcpServer(io, "127.0.0.1", 0, tls=ytls.get_context, backlog=4096)
         print(server.start_listening(), flush=True)
         control_loop()
         io.stop()
         return
 
+    ctx = build_server_context(crypto)
     loop = asyncio.new_event_loop()
     if args.mode == "asyncio-streams":
         srv = loop.run_until_complete(

@@ -378,15 +378,8 @@ class CMetrics(TlsListener, GObj):
     # ----- HTTP (I/O loop) ------------------------------------------------------------
 
     async def _listen(self) -> int:
-        ctx = None
-        if self.ytls is not None:
-            current = self.ytls.get_context
-
-            def pick(sslobj: Any, _name: Any, _ctx: Any) -> None:
-                sslobj.context = current()  # a reload reaches the next handshake
-
-            ctx = current()
-            ctx.sni_callback = pick
+        # Ytls's session context hands each handshake to the current certificate.
+        ctx = self.ytls.get_context() if self.ytls is not None else None
         self._server = await serve(
             _no_websocket,
             self.attrs["address"],

@@ -203,18 +203,10 @@ class WsServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _start(self) -> int:
-        ctx = None
-        if self.ssl_context is not None:
-            # The context current at start listens; every handshake is then handed to the
-            # context current at that moment (SPEC 4: sni_callback fires on every
-            # ClientHello), so a reload reaches new connections without re-binding.
-            current = self.ssl_context
-
-            def pick(sslobj: Any, _name: Any, _ctx: Any) -> None:
-                sslobj.context = current()
-
-            ctx = current()
-            ctx.sni_callback = pick
+        # Ytls's session context hands every handshake to the certificate current at that
+        # moment (yuneta.ytls.session_context), so a reload reaches new connections without
+        # re-binding and sessions resume across it.
+        ctx = self.ssl_context() if self.ssl_context is not None else None
         self._server = await serve(
             self._handle,
             self.host,
