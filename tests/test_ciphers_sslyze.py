@@ -2,14 +2,22 @@
 
 sslyze (from PyPI, its own OpenSSL through nassl) scans every protocol version, cipher suite
 and group the listener accepts, the known vulnerabilities and the certificate (trusted here
-through the test CA), then compares all of it with Mozilla's profile; it also reports whether
-TLS 1.2 sessions resume by session id and by ticket.
+through the test CA), compares all of it with Mozilla's profile, and tells whether TLS 1.2
+sessions resume by session id and by ticket. It runs from its own virtual environment: it pins
+cryptography below 47, which this package's pyOpenSSL (26.4) does not accept. `YUNETA_SSLYZE`
+names its executable (`python -m venv /tmp/sslyze && /tmp/sslyze/bin/pip install sslyze`);
+else `sslyze` is looked up on PATH.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from certs import TestCA
@@ -18,16 +26,14 @@ from yuneta.netio import IOLoop, TcpServer
 from yuneta.tls_material import ORIGINAL_CIPHERS
 from yuneta.ytls import Ytls
 
-sslyze = pytest.importorskip("sslyze")  # in the test extras: installed wherever tests run
-from sslyze.mozilla_tls_profile.tls_config_checker import (  # noqa: E402
-    SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
-    MozillaTlsConfiguration,
-    ServerNotCompliantWithTlsConfiguration,
-    TlsConfigurationEnum,
-    check_server_against_tls_configuration,
-)
+SSLYZE = os.environ.get("YUNETA_SSLYZE") or shutil.which("sslyze")
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        SSLYZE is None, reason="sslyze not installed (its own venv; set YUNETA_SSLYZE)"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,35 +49,25 @@ def ioloop() -> Iterator[IOLoop]:
     loop.stop()
 
 
-def scan(port: int, ca_file: Path) -> object:
-    location = sslyze.ServerNetworkLocation("srv.test", port, ip_address="127.0.0.1")
-    request = sslyze.ServerScanRequest(
-        server_location=location,
-        scan_commands=SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER
-        | {sslyze.ScanCommand.SESSION_RESUMPTION},
-        scan_commands_extra_arguments=sslyze.ScanCommandsExtraArguments(
-            certificate_info=sslyze.CertificateInfoExtraArgument(custom_ca_file=ca_file)
-        ),
+def sslyze(port: int, ca_file: Path, tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
+    """Scan srv.test (at 127.0.0.1) against Mozilla intermediate; (exit code, text, result)."""
+    out = tmp_path / "sslyze.json"
+    proc = subprocess.run(
+        [
+            str(SSLYZE),
+            "--mozilla_config=intermediate",
+            "--resum",
+            f"--certinfo_ca_file={ca_file}",
+            f"--json_out={out}",
+            f"srv.test:{port}{{127.0.0.1}}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
     )
-    scanner = sslyze.Scanner()
-    scanner.queue_scans([request])
-    (result,) = list(scanner.get_results())
-    assert result.scan_status == sslyze.ServerScanStatusEnum.COMPLETED, (
-        result.connectivity_error_trace
-    )
-    return result
-
-
-def intermediate_issues(result: object) -> dict[str, str]:
-    """The profile's complaints about the listener: protocol versions, suites, groups,
-    vulnerabilities. Path validation of the test CA's certificates is left out: that is
-    about how tests/certs.py issues them (sslyze's strict RFC 5280 checks), not the listener."""
-    profile = MozillaTlsConfiguration.get(TlsConfigurationEnum.MOZILLA_INTERMEDIATE)
-    try:
-        check_server_against_tls_configuration(result, profile)  # type: ignore[arg-type]
-    except ServerNotCompliantWithTlsConfiguration as exc:
-        return {k: v for k, v in exc.issues.items() if k != "certificate_path_validation"}
-    return {}
+    (server,) = json.loads(out.read_text())["server_scan_results"]
+    assert server["scan_status"] == "COMPLETED", proc.stdout[-2000:]
+    return proc.returncode, proc.stdout, server["scan_result"]
 
 
 @pytest.mark.parametrize("key_type", ["ec", "rsa"])
@@ -80,14 +76,18 @@ def test_default_settings_pass_mozilla_intermediate_and_resume_by_id_and_ticket(
 ) -> None:
     issued = ca.issue(tmp_path, "srv", key_type=key_type)
     server = TcpServer(ioloop, tls=Ytls(issued.crypto()).get_context)
-    port = server.start_listening()
-    result = scan(port, ca.write_ca(tmp_path / "ca.pem"))
+    code, text, result = sslyze(
+        server.start_listening(), ca.write_ca(tmp_path / "ca.pem"), tmp_path
+    )
 
-    assert intermediate_issues(result) == {}
-    resumption = result.scan_result.session_resumption.result  # type: ignore[attr-defined]
-    assert resumption.session_id_successful_resumptions_count == 5
-    assert resumption.tls_ticket_successful_resumptions_count == 5
-    assert resumption.session_id_attempted_resumptions_count == 5
+    assert code == 0 and f"srv.test:{server.port}: OK - Compliant." in text, text[-3000:]
+    resumption = result["session_resumption"]["result"]
+    assert resumption["session_id_attempted_resumptions_count"] == 5
+    assert resumption["session_id_successful_resumptions_count"] == 5
+    assert resumption["tls_ticket_successful_resumptions_count"] == 5
+    assert [c["name"] for c in result["elliptic_curves"]["result"]["supported_curves"]] == [
+        "X25519"
+    ]
 
 
 def test_the_originals_cipher_string_can_still_be_set_and_sslyze_sees_its_extras(
@@ -96,5 +96,7 @@ def test_the_originals_cipher_string_can_still_be_set_and_sslyze_sees_its_extras
     issued = ca.issue(tmp_path, "srv")
     crypto = issued.crypto(ssl_ciphers=ORIGINAL_CIPHERS, ssl_ecdh_curve="secp521r1")
     server = TcpServer(ioloop, tls=Ytls(crypto).get_context)
-    issues = intermediate_issues(scan(server.start_listening(), ca.write_ca(tmp_path / "ca.pem")))
-    assert set(issues) == {"ciphers", "tls_curves"}  # the scan would catch what we removed
+    code, text, _ = sslyze(server.start_listening(), ca.write_ca(tmp_path / "ca.pem"), tmp_path)
+    # What the defaults removed is what the scan catches here.
+    assert code != 0 and "FAILED - Not compliant." in text
+    assert "ciphers:" in text and "tls_curves:" in text, text[-3000:]

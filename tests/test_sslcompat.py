@@ -11,7 +11,8 @@ from certs import TestCA
 from clients import echo, tls_connect, wait_for
 
 from yuneta import sslcompat
-from yuneta.netio import IOLoop, TcpServer
+from yuneta.netio import Connection, IOLoop, TcpServer
+from yuneta.netio.tls_connection import SocketTlsConnection
 from yuneta.ytls import Ytls
 
 
@@ -25,7 +26,7 @@ def public_only() -> Iterator[None]:
 
 
 def test_the_self_tests_pass_on_this_cpython() -> None:
-    assert sslcompat.PRIVATE == {"wrap_bio": True, "accept": True}
+    assert sslcompat.PRIVATE == {"wrap_bio": True, "accept": True, "socket_bio": True}
     assert sslcompat.HAS_VERIFIED_CHAIN
     obj = sslcompat.wrap_server(
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -33,11 +34,27 @@ def test_the_self_tests_pass_on_this_cpython() -> None:
     assert not isinstance(obj, ssl.SSLObject)  # the C object itself
 
 
+def test_a_tls_listener_runs_its_sessions_on_the_socket_itself(tmp_path: Path) -> None:
+    ca = TestCA()
+    ioloop = IOLoop()
+    ioloop.start()
+    try:
+        ytls = Ytls(ca.issue(tmp_path, "srv").crypto())
+        server = TcpServer(ioloop, tls=ytls.get_context)
+        with tls_connect(server.start_listening(), ca.client_context()) as sock:
+            assert echo(sock, b"direct") == b"direct"
+            conn = server.connections()[0]
+            assert type(conn) is SocketTlsConnection
+            assert conn.context is ytls.context  # selected through its owner at the hello
+    finally:
+        ioloop.stop()
+
+
 def test_the_public_fallbacks_serve_tls_and_count_like_the_shortcuts(
     public_only: None, tmp_path: Path
 ) -> None:
     ca = TestCA()
-    assert sslcompat.PRIVATE == {"wrap_bio": False, "accept": False}
+    assert sslcompat.PRIVATE == {"wrap_bio": False, "accept": False, "socket_bio": False}
     ioloop = IOLoop()
     ioloop.start()
     try:
@@ -47,6 +64,7 @@ def test_the_public_fallbacks_serve_tls_and_count_like_the_shortcuts(
             assert echo(sock, b"public") == b"public"
             conn = server.connections()[0]
             assert conn.tls_version == "TLSv1.3" and conn.cert_serial
+            assert type(conn) is Connection  # a TlsSession over memory BIOs
         assert wait_for(lambda: server.connxs == 0)
         assert server.tconnxs == 1 and server.handshake_failures == 0
     finally:

@@ -1,7 +1,14 @@
 """The only place Yuneta uses private CPython `ssl`/`socket` APIs, each with a public fallback.
 
-Two shortcuts of the TLS listener's hot path are kept because `bench/run.py --compat` shows,
-in the same run, what each buys (see the README's figures):
+Three shortcuts of the TLS listener's hot path are kept because `bench/run.py` shows, in the
+same run, what they buy against the public paths ("netio-public"; see the README's figures):
+
+* `wrap_socket_server(ctx, sock, owner)`: `SSLContext._wrap_socket` gives the C-level SSL
+  object on the socket's own descriptor (a socket BIO, as nginx has). OpenSSL then reads and
+  writes the socket itself and, with `SSL_MODE_RELEASE_BUFFERS` (set by CPython), holds no
+  buffer while a connection is idle. Over `ssl.MemoryBIO`s (the public path), two OpenSSL
+  memory buffers stay at their high-water size (the handshake flight, ~2-3 KiB) for the
+  connection's life: a memory BIO never shrinks. The fallback is `TlsSession` over memory.
 
 * `wrap_server(ctx, incoming, outgoing)`: `SSLContext._wrap_bio` returns the C-level SSL
   object that `ssl.SSLObject` wraps; calling it directly spares a Python method frame on every
@@ -40,14 +47,21 @@ def _private_wrap(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.Me
     return ctx._wrap_bio(incoming, outgoing, server_side=True)  # type: ignore[attr-defined]
 
 
-def _public_accept(lsock: socket.socket) -> tuple[socket.socket, Any]:
+def _public_accept(lsock: socket.socket, weak: bool = False) -> tuple[socket.socket, Any]:
     return lsock.accept()
 
 
-def _private_accept(lsock: socket.socket) -> tuple[Any, Any]:
+def _private_accept(lsock: socket.socket, weak: bool = False) -> tuple[Any, Any]:
     fd, addr = lsock._accept()  # type: ignore[attr-defined]
-    # The C socket type: no Python subclass instance, no io refcount fields.
-    return _socket.socket(lsock.family, socket.SOCK_STREAM, 0, fd), addr
+    # The C socket type: no Python subclass instance, no io refcount fields; `weak` asks
+    # for `socket.socket`, which a socket-BIO SSL object can hold a weak reference to.
+    return (socket.socket if weak else _socket.socket)(
+        lsock.family, socket.SOCK_STREAM, 0, fd
+    ), addr
+
+
+def _private_wrap_socket(ctx: ssl.SSLContext, sock: Any, owner: Any) -> Any:
+    return ctx._wrap_socket(sock, server_side=True, owner=owner)  # type: ignore[attr-defined]
 
 
 def _chain_length(sslobj: Any) -> int:
@@ -100,6 +114,33 @@ def _self_test_accept() -> bool:
         lsock.close()
 
 
+class _Owner:
+    __slots__ = ("__weakref__",)
+
+
+def _self_test_socket() -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        owner = _Owner()
+        obj = _private_wrap_socket(ctx, a, owner)
+        if obj.owner is not owner or obj.context is not ctx or not obj.server_side:
+            return False
+        if not all(callable(getattr(obj, name, None)) for name in _SSL_METHODS):
+            return False
+        try:
+            obj.do_handshake()  # no ClientHello on the socket yet
+        except ssl.SSLWantReadError:
+            return True
+        return False
+    except Exception:
+        return False
+    finally:
+        a.close()
+        b.close()
+
+
 def _self_test_chain() -> bool:
     obj = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_bio(
         ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True
@@ -111,7 +152,7 @@ def _self_test_chain() -> bool:
 
 
 wrap_server: Callable[[ssl.SSLContext, ssl.MemoryBIO, ssl.MemoryBIO], Any] = _public_wrap
-accept: Callable[[socket.socket], tuple[Any, Any]] = _public_accept
+accept: Callable[[socket.socket, bool], tuple[Any, Any]] = _public_accept
 #: Which private shortcuts passed the self-test and are in use.
 PRIVATE: dict[str, bool] = {}
 #: Whether the peer's verified chain can be read (`ssl_verify_depth` needs it).
@@ -123,11 +164,24 @@ def verified_chain_length(sslobj: Any) -> int:
     return _chain_length(sslobj)
 
 
+def wrap_socket_server(ctx: ssl.SSLContext, sock: Any, owner: Any) -> Any:
+    """The C-level SSL object of a server session doing its own I/O on `sock` (a socket BIO),
+    or None where that private path is not in use: then the caller runs a `TlsSession` over
+    memory instead. `owner` (weak-referenceable, with a settable `context`) is what the
+    context's `sni_callback` receives."""
+    if not PRIVATE.get("socket_bio"):
+        return None
+    if ctx.sslsocket_class is not ssl.SSLSocket:  # a subclass may override methods: honour it
+        return None
+    return _private_wrap_socket(ctx, sock, owner)
+
+
 def use_private() -> None:
     """Use each private shortcut whose self-test passes (the default at import)."""
     global wrap_server, accept
     PRIVATE["wrap_bio"] = _self_test_wrap()
     PRIVATE["accept"] = _self_test_accept()
+    PRIVATE["socket_bio"] = _self_test_socket()
     wrap_server = _private_wrap if PRIVATE["wrap_bio"] else _public_wrap
     accept = _private_accept if PRIVATE["accept"] else _public_accept
 
@@ -135,7 +189,7 @@ def use_private() -> None:
 def use_public() -> None:
     """Use only public APIs (a benchmark's baseline, or a test of the fallbacks)."""
     global wrap_server, accept
-    PRIVATE.update(wrap_bio=False, accept=False)
+    PRIVATE.update(wrap_bio=False, accept=False, socket_bio=False)
     wrap_server, accept = _public_wrap, _public_accept
 
 

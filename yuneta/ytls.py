@@ -95,6 +95,9 @@ def server_context(material: TlsMaterial) -> ssl.SSLContext:
         raise TlsSettingError("ssl_ciphers", None, f"no cipher matches {ciphers!r}") from None
     if settings.disable_renegotiation:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+    # A peer's TCP EOF without close_notify is an ordinary end, as it is to the I/O layer:
+    # OpenSSL 3 would otherwise answer it with a fatal decode_error alert on the socket.
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     try:
         ctx.set_ecdh_curve(settings.ecdh_curve)
     except (ValueError, ssl.SSLError):
@@ -238,6 +241,7 @@ def session_context(material: TlsMaterial, select: Any) -> ssl.SSLContext:
     ctx.set_ciphers(settings.ciphers or DEFAULT_CIPHERS)  # already accepted by server_context
     if settings.disable_renegotiation:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # as server_context
     ctx.set_ecdh_curve(settings.ecdh_curve)  # also accepted by server_context already
     if material.ca_der:
         ctx.load_verify_locations(cadata=b"".join(material.ca_der))

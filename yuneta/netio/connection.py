@@ -185,7 +185,7 @@ class Connection:
     @property
     def peer_cert_serial(self) -> str | None:
         """Upper-case hex serial of the client's certificate (mTLS), else None."""
-        der = self._tls.peer_certificate() if self._tls is not None else None
+        der = self._peer_der()
         if not der:
             return None
         from cryptography import x509  # only needed when someone asks
@@ -340,6 +340,17 @@ class Connection:
         if tls is not None and tls.pending_out and self._sock is not None:
             self._send(tls.data_to_send())
 
+    def _end_tls(self, state: int) -> None:
+        """The connection is going: drop the TLS session (it holds the context an old
+        certificate lives in), marking a finished one closed by us so that OpenSSL keeps it
+        resumable by its id."""
+        tls, self._tls = self._tls, None
+        if tls is not None and state != _HANDSHAKING:
+            tls.close()
+
+    def _peer_der(self) -> bytes | None:
+        return self._tls.peer_certificate() if self._tls is not None else None
+
     def timeout_handshake(self) -> None:
         """The server's sweep found this handshake past its deadline."""
         self._state = _CLOSED
@@ -380,15 +391,13 @@ class Connection:
         self._wbuf = None
         server = self._server
         server.selector.remove_fd(self._fd)
+        state = self._state
+        self._state = _CLOSED
+        self._end_tls(state)  # before the FIN: a session on the socket may still write
         if linger:
             server.ioloop.linger(sock)
         else:
             sock.close()
-        state = self._state
-        self._state = _CLOSED
-        tls, self._tls = self._tls, None
-        if tls is not None and state != _HANDSHAKING:
-            tls.close()  # a session that ended without our close_notify stays resumable
         handler, self._handler = self._handler, None
         # The TLS session is dropped (above): it holds the context an old certificate lives
         # in. Bookkeeping before callbacks: one that raises must not leave us registered.

@@ -22,6 +22,7 @@ from typing import Any
 from yuneta import sslcompat
 from yuneta.netio.connection import DONTWAIT, Connection, EchoHandler, Handler
 from yuneta.netio.loop import READ, FdSelector, IOLoop
+from yuneta.netio.tls_connection import SocketTlsConnection
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _RECV_BUFFER_SIZE = 256 * 1024
@@ -194,9 +195,12 @@ class TcpServer:
     def _on_accept(self, lsock: socket.socket, family: int, events: int) -> None:
         # Our own accept: a bare socket object and a Connection, no transport, task or future.
         accept = sslcompat.accept
+        # TLS on the socket itself where sslcompat has it (no idle buffers), else a
+        # TlsSession over memory; the former holds a weak reference to its socket.
+        direct = self._tls is not None and sslcompat.PRIVATE.get("socket_bio", False)
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = accept(lsock)
+                sock, addr = accept(lsock, direct)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -222,17 +226,19 @@ class TcpServer:
                 self.rejected += 1
                 sock.close()
                 continue
-            conn = Connection(self, sock, addr)
-            self._conns.add(conn)
             try:
                 context = self._tls() if self._tls is not None else None
             except Exception as exc:  # a broken provider must not kill the accept loop
-                self._conns.discard(conn)
                 self.handshake_failures += 1
                 sock.close()
                 if self.on_handshake_failed is not None:
                     self.on_handshake_failed(addr, f"no TLS context: {exc}")
                 continue
+            if direct:
+                conn: Connection = SocketTlsConnection(self, sock, addr)
+            else:
+                conn = Connection(self, sock, addr)
+            self._conns.add(conn)
             try:
                 conn.start(context)
             except Exception as exc:  # e.g. a plain connection's on_open
