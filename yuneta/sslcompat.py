@@ -29,6 +29,7 @@ shortcuts are in use, and `use_public()` forces the fallbacks (for the benchmark
 from __future__ import annotations
 
 import _socket
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -47,21 +48,40 @@ def _private_wrap(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.Me
     return ctx._wrap_bio(incoming, outgoing, server_side=True)  # type: ignore[attr-defined]
 
 
-def _public_accept(lsock: socket.socket, weak: bool = False) -> tuple[socket.socket, Any]:
+class TlsSocket(socket.socket):
+    """An accepted socket whose TLS session (`tls`, a socket-BIO SSL object) runs on it.
+
+    OpenSSL's servername callback hands CPython's `sni_callback` the SSL object's owner, or,
+    without one, its socket: setting `context` here reaches the session, so no owner (and no
+    second weak reference per connection) is needed.
+    """
+
+    __slots__ = ("tls",)
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.tls.context  # type: ignore[no-any-return]
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        self.tls.context = ctx
+
+
+def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[socket.socket, Any]:
     return lsock.accept()
 
 
-def _private_accept(lsock: socket.socket, weak: bool = False) -> tuple[Any, Any]:
+def _private_accept(lsock: socket.socket, tls: bool = False) -> tuple[Any, Any]:
     fd, addr = lsock._accept()  # type: ignore[attr-defined]
-    # The C socket type: no Python subclass instance, no io refcount fields; `weak` asks
-    # for `socket.socket`, which a socket-BIO SSL object can hold a weak reference to.
-    return (socket.socket if weak else _socket.socket)(
-        lsock.family, socket.SOCK_STREAM, 0, fd
-    ), addr
+    # The C socket type: no Python subclass instance, no io refcount fields; a TLS session
+    # on the socket (which the SSL object holds a weak reference to) needs a TlsSocket.
+    return (TlsSocket if tls else _socket.socket)(lsock.family, socket.SOCK_STREAM, 0, fd), addr
 
 
-def _private_wrap_socket(ctx: ssl.SSLContext, sock: Any, owner: Any) -> Any:
-    return ctx._wrap_socket(sock, server_side=True, owner=owner)  # type: ignore[attr-defined]
+def _private_wrap_socket(ctx: ssl.SSLContext, sock: TlsSocket) -> Any:
+    obj = ctx._wrap_socket(sock, server_side=True)  # type: ignore[attr-defined]
+    sock.tls = obj
+    return obj
 
 
 def _chain_length(sslobj: Any) -> int:
@@ -114,30 +134,84 @@ def _self_test_accept() -> bool:
         lsock.close()
 
 
-class _Owner:
-    __slots__ = ("__weakref__",)
-
-
 def _self_test_socket() -> bool:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    a, b = socket.socketpair()
+    """A real handshake over a socket pair: the server session on a TlsSocket, its context
+    switched by an sni_callback through the socket, as `Ytls` does."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sslcompat")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    listening = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    fd = os.memfd_create("sslcompat")
     try:
-        a.setblocking(False)
-        owner = _Owner()
-        obj = _private_wrap_socket(ctx, a, owner)
-        if obj.owner is not owner or obj.context is not ctx or not obj.server_side:
-            return False
-        if not all(callable(getattr(obj, name, None)) for name in _SSL_METHODS):
-            return False
-        try:
-            obj.do_handshake()  # no ClientHello on the socket yet
-        except ssl.SSLWantReadError:
-            return True
-        return False
+        os.write(fd, cert.public_bytes(serialization.Encoding.PEM))
+        os.write(
+            fd,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        serving.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    seen: list[Any] = []
+
+    def select(obj: Any, _name: Any, _ctx: Any) -> None:
+        seen.append(obj)
+        obj.context = serving
+
+    listening.sni_callback = select
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.verify_mode = ssl.CERT_NONE
+    a, b = socket.socketpair()
+    server_sock = TlsSocket(a.family, a.type, 0, a.detach())
+    try:
+        server_sock.setblocking(False)
+        b.setblocking(False)
+        server = _private_wrap_socket(listening, server_sock)
+        client = client_ctx.wrap_socket(b, do_handshake_on_connect=False)
+        done = set()
+        for _ in range(20):
+            for side in (client, server):
+                if side not in done:
+                    try:
+                        side.do_handshake()
+                        done.add(side)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+            if len(done) == 2:
+                break
+        client.write(b"y")
+        return (
+            len(done) == 2
+            and seen == [server_sock]
+            and server.context is serving
+            and server.read(1) == b"y"
+        )
     except Exception:
         return False
     finally:
-        a.close()
+        server_sock.close()
         b.close()
 
 
@@ -164,16 +238,11 @@ def verified_chain_length(sslobj: Any) -> int:
     return _chain_length(sslobj)
 
 
-def wrap_socket_server(ctx: ssl.SSLContext, sock: Any, owner: Any) -> Any:
-    """The C-level SSL object of a server session doing its own I/O on `sock` (a socket BIO),
-    or None where that private path is not in use: then the caller runs a `TlsSession` over
-    memory instead. `owner` (weak-referenceable, with a settable `context`) is what the
-    context's `sni_callback` receives."""
-    if not PRIVATE.get("socket_bio"):
-        return None
-    if ctx.sslsocket_class is not ssl.SSLSocket:  # a subclass may override methods: honour it
-        return None
-    return _private_wrap_socket(ctx, sock, owner)
+def wrap_socket_server(ctx: ssl.SSLContext, sock: TlsSocket) -> Any:
+    """The C-level SSL object of a server session doing its own I/O on `sock` (a socket BIO;
+    `sock` from `accept(lsock, tls=True)`). Only while PRIVATE["socket_bio"]; otherwise the
+    caller runs a `TlsSession` over memory instead."""
+    return _private_wrap_socket(ctx, sock)
 
 
 def use_private() -> None:

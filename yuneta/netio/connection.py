@@ -197,7 +197,7 @@ class Connection:
     def start(self, context: ssl.SSLContext | None) -> None:
         """Just accepted: start reading; wrap for TLS with `context` (None: plain)."""
         server = self._server
-        server.selector.add_fd(self._fd, READ, self._on_event)
+        server.selector.add_fd(self._fd, READ, self)
         self._reading = True
         if context is None:
             self._open()
@@ -205,7 +205,9 @@ class Connection:
         self._tls = TlsSession(context)
         server.handshake_started(self)
 
-    def _on_event(self, events: int) -> None:
+    def __call__(self, events: int) -> None:
+        """The selector's callback: the connection itself, not a bound method object per
+        connection (64 bytes each, for the life of the connection)."""
         try:
             if events & WRITE:
                 self._on_writable()
@@ -340,7 +342,7 @@ class Connection:
         if tls is not None and tls.pending_out and self._sock is not None:
             self._send(tls.data_to_send())
 
-    def _end_tls(self, state: int) -> None:
+    def _end_tls(self, state: int, sock: Any) -> None:
         """The connection is going: drop the TLS session (it holds the context an old
         certificate lives in), marking a finished one closed by us so that OpenSSL keeps it
         resumable by its id."""
@@ -393,7 +395,7 @@ class Connection:
         server.selector.remove_fd(self._fd)
         state = self._state
         self._state = _CLOSED
-        self._end_tls(state)  # before the FIN: a session on the socket may still write
+        self._end_tls(state, sock)  # before the FIN: a session on the socket may still write
         if linger:
             server.ioloop.linger(sock)
         else:

@@ -291,6 +291,7 @@ class TcpServer:
 
     def handshake_ended(self, conn: Connection) -> None:
         self._handshakes.discard(conn)
+        conn.deadline = 0.0  # the shared constant: no float kept per idle connection
 
     def handshake_failed(self, conn: Connection, reason: str) -> None:
         self._handshakes.discard(conn)

@@ -32,13 +32,11 @@ _READ_SIZE = 16384
 
 
 class SocketTlsConnection(Connection):
-    """A `Connection` whose TLS session is a C-level SSL object on the socket's descriptor.
+    """A `Connection` whose TLS session is a C-level SSL object on the socket's descriptor
+    (its socket is a `sslcompat.TlsSocket`, which the context's `sni_callback` selects
+    through)."""
 
-    It is that object's `owner`, so the context's `sni_callback` (`Ytls`'s certificate
-    selection) sets `context` here and it reaches the session.
-    """
-
-    __slots__ = ("_ssl", "_shut", "__weakref__")
+    __slots__ = ("_ssl", "_shut")
 
     def __init__(self, server: Any, sock: Any, peername: Any) -> None:
         super().__init__(server, sock, peername)
@@ -51,13 +49,9 @@ class SocketTlsConnection(Connection):
     def is_tls(self) -> bool:
         return True
 
-    @property  # type: ignore[override]
+    @property
     def context(self) -> ssl.SSLContext | None:
         return self._ssl.context if self._ssl is not None else None
-
-    @context.setter
-    def context(self, ctx: ssl.SSLContext) -> None:
-        self._ssl.context = ctx
 
     @property
     def tls_version(self) -> str | None:
@@ -80,9 +74,9 @@ class SocketTlsConnection(Connection):
     def start(self, context: ssl.SSLContext | None) -> None:
         # OpenSSL reads the descriptor itself: it must not block (MSG_DONTWAIT is not its).
         self._sock.setblocking(False)
-        self._ssl = sslcompat.wrap_socket_server(context, self._sock, self)  # type: ignore[arg-type]
+        self._ssl = sslcompat.wrap_socket_server(context, self._sock)  # type: ignore[arg-type]
         server = self._server
-        server.selector.add_fd(self._fd, READ, self._on_event)
+        server.selector.add_fd(self._fd, READ, self)
         self._reading = True
         server.handshake_started(self)
 
@@ -133,10 +127,11 @@ class SocketTlsConnection(Connection):
         except (ssl.SSLError, OSError):
             pass  # WantRead: the peer's close_notify is not awaited; or the peer is gone
 
-    def _end_tls(self, state: int) -> None:
+    def _end_tls(self, state: int, sock: Any) -> None:
         if state != _HANDSHAKING:
             self._close_notify()
-        self._ssl = None
+        # A lingering socket must not keep the session (and an old certificate's context).
+        self._ssl = sock.tls = None
 
     # -- socket events --------------------------------------------------------------------------
 
