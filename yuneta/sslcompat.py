@@ -57,10 +57,11 @@ class TlsSocket(socket.socket):
     """
 
     __slots__ = ("tls",)
+    tls: Any
 
     @property
     def context(self) -> ssl.SSLContext:
-        return self.tls.context  # type: ignore[no-any-return]
+        return self.tls.context
 
     @context.setter
     def context(self, ctx: ssl.SSLContext) -> None:

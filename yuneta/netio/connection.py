@@ -261,7 +261,7 @@ class Connection:
             if event.__class__ is bytes:
                 if self._state != _OPEN:
                     return
-                self._handler.on_data(self, event)  # type: ignore[union-attr, arg-type]
+                self._handler.on_data(self, event)  # type: ignore[union-attr]
             elif event is HANDSHAKE_DONE:
                 self._flush()  # our last flight and the session tickets, in one send
                 server.handshake_ended(self)
@@ -270,10 +270,10 @@ class Connection:
                 self._flush()  # the alert tells the peer why
                 if self._state == _HANDSHAKING:
                     self._state = _CLOSED
-                    server.handshake_failed(self, event.reason)  # type: ignore[union-attr]
+                    server.handshake_failed(self, event.reason)
                     self._close_socket(None)
                 else:
-                    self._abort(TlsSessionError(event.reason))  # type: ignore[union-attr]
+                    self._abort(TlsSessionError(event.reason))
                 return
             else:  # the peer's close_notify: answer it, then FIN
                 self.close()

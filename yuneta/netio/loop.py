@@ -375,7 +375,7 @@ class IOLoop:
         selector = self._selector_now()
 
         def done() -> None:
-            if lingering.get(fd) is sock:
+            if fd in lingering and lingering[fd] is sock:
                 del lingering[fd]
                 timer.cancel()
                 selector.remove_fd(fd)

@@ -184,14 +184,14 @@ class TlsSession:
     @property
     def context(self) -> ssl.SSLContext:
         """The context serving this session (after SNI selection, the selected one)."""
-        return self._obj.context  # type: ignore[no-any-return]
+        return self._obj.context
 
     @property
     def pending_out(self) -> int:
         return self._out.pending
 
     def version(self) -> str | None:
-        return self._obj.version()  # type: ignore[no-any-return]
+        return self._obj.version()
 
     def cipher(self) -> str | None:
         c = self._obj.cipher()
@@ -202,4 +202,4 @@ class TlsSession:
 
     def peer_certificate(self) -> bytes | None:
         """The peer's certificate in DER (None without one)."""
-        return self._obj.getpeercert(True) or None  # type: ignore[no-any-return]
+        return self._obj.getpeercert(True) or None
