@@ -336,6 +336,30 @@ def _callgrind_control(pid: int, flag: str, port: int) -> None:
         raise RuntimeError(f"callgrind_control {flag} {pid} failed")
 
 
+def syscalls_per_handshake(server: PyServer | NginxServer, m: int, work: Path, name: str) -> float:
+    """System calls (strace -c, every thread of the serving process) per full handshake:
+    the kernel side that instruction counts of user space leave out; deterministic too."""
+    warm = client(server.port, "handshake", n=30, concurrency=4)
+    expect(warm, "DONE")
+    warm.wait()
+    pid = server.worker if isinstance(server, NginxServer) else server.pid
+    out = work / f"strace.{name}"
+    tracer = subprocess.Popen(
+        ["strace", "-f", "-c", "-o", str(out), "-p", str(pid)], stderr=subprocess.DEVNULL
+    )
+    time.sleep(1.0)  # attached to every thread
+    c = client(server.port, "handshake", n=m, concurrency=4)
+    expect(c, "DONE")
+    c.wait()
+    time.sleep(0.5)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(30)
+    for line in out.read_text().splitlines():
+        if line.rstrip().endswith("total"):
+            return int(line.split()[3]) / m
+    raise RuntimeError(f"no strace summary in {out}")
+
+
 def handshake_cpu(server: PyServer | NginxServer, m: int) -> float:
     """Server CPU ms per full TLS handshake (connect, handshake, close)."""
     warm = client(server.port, "handshake", n=50)
@@ -450,6 +474,22 @@ def main() -> None:
                         ng.close()
             for name, values in samples.items():
                 results[name][f"hs_{kind}"] = statistics.median(values) if values else None
+        if shutil.which("strace") is not None:
+            for name in ("netio", "netio-public", "nginx"):
+                if name == "nginx" and not have_nginx:
+                    continue
+                print(f"[{name}] system calls per handshake ec...", flush=True)
+                server = (
+                    NginxServer(certs["ec"], work)
+                    if name == "nginx"
+                    else PyServer("netio", certs["ec"], private=name == "netio")
+                )
+                try:
+                    results[name]["sys_ec"] = syscalls_per_handshake(
+                        server, args.callgrind or 300, work, name
+                    )
+                finally:
+                    server.close()
         if have_valgrind:
             for kind in ("ec", "rsa"):
                 cert = certs[kind]
@@ -484,6 +524,7 @@ def print_table(results: dict[str, dict[str, float | None]], args: argparse.Name
     metrics = [
         ("ir_ec", f"handshake ECDSA P-256, Minstr (callgrind, {args.callgrind})", ".2f", 1e-6),
         ("ir_rsa", f"handshake RSA-2048, Minstr (callgrind, {args.callgrind})", ".2f", 1e-6),
+        ("sys_ec", "handshake ECDSA P-256, system calls (strace -c)", ".1f", 1),
         ("hs_ec", f"handshake ECDSA P-256, server CPU ms{hs_note}", ".3f", 1),
         ("hs_rsa", f"handshake RSA-2048, server CPU ms{hs_note}", ".3f", 1),
         (
@@ -516,6 +557,8 @@ def print_table(results: dict[str, dict[str, float | None]], args: argparse.Name
             ok = value <= TARGET_ECHO_US
             if base:
                 target += f" ({value / base:.2f}x asyncio)"
+        elif key == "sys_ec":
+            target = "" if ref is None else f"({value / ref:.2f}x nginx)"
         elif key == "resumed":
             target, ok = "all (1.00)", value >= 0.999
         else:
