@@ -641,3 +641,19 @@ def test_ipv6_peers_get_cookies_and_sessions_too(tmp_path, ca, yunos):
         assert client.echo(b"over ipv6") == b"over ipv6"
     stats = attrs(listener)
     assert stats["tsessions"] == 1 and stats["cookie_rejections"] == 1
+
+
+def test_repeated_handshake_failures_are_counted_not_logged_one_by_one(
+    tmp_path, ca, yunos, yuneta_logs
+):
+    issued = ca.issue(tmp_path / "srv", "dtls")
+    _, listener, port = dtls_listener(yunos, tmp_path, issued.crypto())
+    stranger = TestCA("not trusted by the client")
+    for _ in range(6):  # the client refuses the server's chain: an alert, a failed handshake
+        with pytest.raises(AssertionError, match="certificate verify failed"):
+            DtlsClient(port, stranger).handshake(timeout=5)
+    wait_for(lambda: attrs(listener)["handshake_failures"] == 6)
+    wait_for(lambda: yuneta_logs.find(msg="DTLS handshake failed"))
+    time.sleep(0.2)
+    lines = yuneta_logs.find(msg="DTLS handshake failed")
+    assert len(lines) == 3 and all(r["reason"] for r in lines)  # log.BURST, then counted
