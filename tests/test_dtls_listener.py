@@ -19,7 +19,7 @@ from test_c_tcp_s import _bad_material
 
 from yuneta.config import load_config
 from yuneta.dtls import DtlsSession
-from yuneta.errors import AttrError, ConfigError
+from yuneta.errors import ConfigError
 from yuneta.runtime import YunoRuntime
 from yuneta.udpio import EchoDatagramHandler
 from yuneta.ytls import TlsError
@@ -617,7 +617,9 @@ def test_a_port_in_use_is_a_clear_start_failure(tmp_path, yunos):
         rt = YunoRuntime(config)
         rt.build()
         yunos.append(rt)
-        with pytest.raises(AttrError, match=f"cannot listen on udp://127.0.0.1:{port}: .*in use"):
+        with pytest.raises(
+            ConfigError, match=f"url: cannot listen on udp://127.0.0.1:{port}: .*in use"
+        ):
             rt.start()
 
 
@@ -647,7 +649,14 @@ def test_repeated_handshake_failures_are_counted_not_logged_one_by_one(
     tmp_path, ca, yunos, yuneta_logs
 ):
     issued = ca.issue(tmp_path / "srv", "dtls")
-    _, listener, port = dtls_listener(yunos, tmp_path, issued.crypto())
+    # A listener name of its own: the log counts repeats per (gobj, message, source).
+    rt = make_yuno(
+        yunos,
+        tmp_path,
+        [{"name": "repeats", "url": "udps://127.0.0.1:0", "crypto": issued.crypto()}],
+    )
+    listener = rt.find_service("repeats")
+    port = listener.read_attr("lPort")
     stranger = TestCA("not trusted by the client")
     for _ in range(6):  # the client refuses the server's chain: an alert, a failed handshake
         with pytest.raises(AssertionError, match="certificate verify failed"):
