@@ -165,16 +165,13 @@ def diff_snapshots(old: Snapshot, new: Snapshot) -> list[dict[str, str]]:
     return changes
 
 
-def disk_fingerprint(path: str) -> tuple[str, str]:
-    """(fingerprint, "") of the certificate file at `path`, or ("", why not)."""
+def disk_fingerprint(path: str) -> str:
+    """The fingerprint of the certificate file at `path`; "" when it cannot be read (the
+    listener's own reload then says exactly why)."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return "", f"{path}: {exc.strerror or 'cannot read'}"
-    try:
-        return leaf_fingerprint(data), ""
-    except ValueError:
-        return "", f"{path}: not a PEM certificate"
+        return leaf_fingerprint(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return ""
 
 
 # ----- the copy command (I/O loop) -------------------------------------------------
@@ -311,7 +308,12 @@ async def _converge_yuno(
     yuno: YunoTarget, changed_paths: set[str], plan: _TickPlan
 ) -> list[dict[str, Any]]:
     """Bring every TLS listener of one yuno onto the files on disk; one row per listener."""
-    base = {"yuno_id": yuno.id, "yuno": yuno.label}
+    base = {
+        "yuno_id": yuno.id,
+        "yuno": yuno.label,
+        "yuno_role": yuno.yuno_role,
+        "yuno_name": yuno.yuno_name,
+    }
     answer = await yuno.ask("view-cert", {"service": "__yuno__"})
     if answer.get("result", -1) < 0 or not isinstance(answer.get("data"), list):
         return [{**base, "gobj": "*", "action": "no-answer", "comment": answer.get("comment", "")}]
@@ -327,9 +329,9 @@ async def _converge_yuno(
         }
         paths = served.get("crypto_paths") or {}
         cert_path = paths.get("ssl_certificate", "")
-        disk, why = ("", "view-cert reports no crypto paths")
+        disk = ""
         if cert_path:
-            disk, why = await loop.run_in_executor(None, disk_fingerprint, cert_path)
+            disk = await loop.run_in_executor(None, disk_fingerprint, cert_path)
         touched = any(os.path.realpath(p) in changed_paths for p in paths.values())
         if not cert_path:
             # A yuno that does not say which files it serves: reload it when the store moved.
@@ -340,11 +342,11 @@ async def _converge_yuno(
         if not lagging:
             rows.append({**row, "action": "in-sync", "new_fingerprint": disk, "comment": ""})
             continue
-        rows.append(await _reload(yuno, row, disk or why, plan.retry_transient))
+        rows.append(await _reload(yuno, {**row, "disk_fingerprint": disk}, plan.retry_transient))
     return rows
 
 
-async def _reload(yuno: YunoTarget, row: dict[str, Any], disk: str, retry: bool) -> dict[str, Any]:
+async def _reload(yuno: YunoTarget, row: dict[str, Any], retry: bool) -> dict[str, Any]:
     """reload-certs on one listener; a transient refusal soon after a change is retried."""
     attempts = 0
     while True:
@@ -368,7 +370,6 @@ async def _reload(yuno: YunoTarget, row: dict[str, Any], disk: str, retry: bool)
                 "action": failed,
                 "new_fingerprint": "",
                 "comment": comment,
-                "disk": disk,
                 "attempts": attempts,
             }
         await asyncio.sleep(RETRY_DELAYS[attempts - 1])
@@ -581,9 +582,12 @@ class CertSync:
             lagging[key] = {
                 "yuno_id": row["yuno_id"],
                 "yuno": row["yuno"],
+                "yuno_role": row["yuno_role"],
+                "yuno_name": row["yuno_name"],
                 "gobj": row["gobj"],
                 "reason": row["comment"],
                 "served_fingerprint": row.get("old_fingerprint", ""),
+                "disk_fingerprint": row.get("disk_fingerprint", ""),
                 "since": since,
             }
         self.lagging = lagging

@@ -201,10 +201,10 @@ class SyncAgent:
             cert_sync_store_dir=str(store),
             cert_sync_copy_cmd=copy_cmd,
             cert_sync_watch=watch,
+            cert_sync_stamp_file=str(self.stamp),
         )
         override["global"] = {
             "agent.cert_sync_debounce_sec": DEBOUNCE,
-            "agent.cert_sync_stamp_file": str(self.stamp),
             **global_kw,
         }
         if tls is not None:  # the agent's own port is wss:// with these files
@@ -532,6 +532,7 @@ def test_a_bad_new_certificate_leaves_every_listener_on_the_old_one_and_says_why
         ("echo_tls^two", "echo_tls"),
     }
     for lag in lagging:
+        assert (lag["yuno_role"], lag["since"] > 0) == ("echo_tls", True)
         assert "private key does not match certificate" in lag["reason"]
         assert lag["served_fingerprint"].replace(":", "") == fingerprint(old)
     assert [served_fingerprint(p) for p in ports] == [fingerprint(old)] * 2
