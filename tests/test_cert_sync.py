@@ -654,7 +654,10 @@ def test_the_agents_own_wss_port_is_converged_too(tmp_path, ca, make_agent):
     layout.install(new)
     wait_for(lambda: served_fingerprint(agent.agent.port) == fingerprint(new), timeout=20)
     rows = [r for t in agent.ticks() for r in t["listeners"] if r["action"] == "reloaded"]
-    assert [(r["yuno"], r["gobj"]) for r in rows] == [("yuneta_agent^agent", "__input_side__")]
+    # (a loaded machine may split the key's and the certificate's renames into two ticks)
+    assert rows and {(r["yuno"], r["gobj"]) for r in rows} == {
+        ("yuneta_agent^agent", "__input_side__")
+    }
 
 
 def test_cert_watch_on_the_agents_wss_port_reloads_it_without_cert_sync(tmp_path, ca, make_agent):
