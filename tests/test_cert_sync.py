@@ -423,7 +423,9 @@ def test_copy_command_failures_are_told_apart_counted_and_never_block_the_agent(
 
     # A hang past the timeout: the agent keeps answering, then kills the process group.
     assert agent.cmd("write-attr attr_name=cert_sync_copy_timeout_sec value=6")["result"] == 0
-    hang = script(tmp_path / "hang.sh", "sleep 47.5 & sleep 47.5")  # a child in its group
+    # a child in its group; a duration no other run of this test uses, to find them by
+    naptime = f"47.{os.getpid()}{time.monotonic_ns() % 1000:03d}"
+    hang = script(tmp_path / "hang.sh", f"sleep {naptime} & sleep {naptime}")
     assert agent.cmd(f"write-attr attr_name=cert_sync_copy_cmd value={hang}")["result"] == 0
     waiting = subprocess.Popen(
         [
@@ -454,7 +456,7 @@ def test_copy_command_failures_are_told_apart_counted_and_never_block_the_agent(
     assert hung["copy"]["outcome"] == "timeout" and hung["result"] == "copy-script-failed"
     status = agent.status()
     assert status["failures"] == 3 and status["last_copy"]["outcome"] == "timeout"
-    survivors = subprocess.run(["pgrep", "-f", "sleep 47.5"], capture_output=True, text=True)
+    survivors = subprocess.run(["pgrep", "-f", f"sleep {naptime}"], capture_output=True, text=True)
     assert survivors.stdout.strip() == ""  # the whole group is gone
 
     # A copy that brings a new certificate and still exits non-zero: reloaded, with the error.
