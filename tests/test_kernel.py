@@ -262,7 +262,7 @@ TIMER_TREE = [
 ]
 
 
-def test_periodic_timer_fires_within_50ms_of_its_period_over_100_periods(tmp_path):
+def test_periodic_timer_never_fires_early_and_does_not_drift_over_100_periods(tmp_path):
     rt = _runtime(TIMER_TREE, tmp_path)
     try:
         rt.start()
@@ -276,8 +276,14 @@ def test_periodic_timer_fires_within_50ms_of_its_period_over_100_periods(tmp_pat
         timer.clear_timeout()
         ticks = [t for ev, _kw, t in received[:100] if ev == "EV_TIMEOUT_PERIODIC"]
         assert len(ticks) == 100
-        errors = [abs(t - (t0 + (k + 1) * period)) for k, t in enumerate(ticks)]
-        assert max(errors) < 0.050, f"worst drift {max(errors) * 1000:.1f} ms"
+        # Lateness of tick k against its deadline t0 + k*period. A timer re-armed from the
+        # moment it fired would add every tick's latency to the next one (drift); ours re-arms
+        # from the previous deadline, so the mean interval stays the period whatever the load
+        # (a busy machine only delays single ticks), and no tick ever comes early.
+        lateness = [t - (t0 + (k + 1) * period) for k, t in enumerate(ticks)]
+        assert min(lateness) > -0.002, f"a tick came {-min(lateness) * 1000:.1f} ms early"
+        mean_interval = (ticks[-1] - ticks[0]) / (len(ticks) - 1)
+        assert abs(mean_interval - period) < 0.002, f"mean interval {mean_interval * 1000:.2f} ms"
     finally:
         rt.shutdown()
 
