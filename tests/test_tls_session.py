@@ -10,6 +10,7 @@ import trustme
 from certs import TestCA
 
 from yuneta.netio import CLOSED_BY_PEER, HANDSHAKE_DONE, TlsFailed, TlsSession
+from yuneta.tls_material import DEFAULT_ECDH_CURVE
 from yuneta.ytls import Ytls
 
 
@@ -20,7 +21,16 @@ def ca() -> TestCA:
 
 @pytest.fixture(scope="module")
 def client_ctx(ca: TestCA) -> ssl.SSLContext:
-    return ca.client_context()  # loads the system CAs: once, not per handshake
+    return one_rtt_client(ca)  # loads the system CAs: once, not per handshake
+
+
+def one_rtt_client(ca: TestCA) -> ssl.SSLContext:
+    """A client offering the server's one group, so every handshake here is the two client
+    flights the tests step through (where the default group is P-256, a client offering
+    X25519 first would get a HelloRetryRequest: a third flight)."""
+    ctx = ca.client_context()
+    ctx.set_ecdh_curve(DEFAULT_ECDH_CURVE)
+    return ctx
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +80,7 @@ def handshake(server: TlsSession, peer: Peer) -> list[object]:
 
 
 def test_handshake_then_plaintext_both_ways(ca: TestCA, server_ctx: ssl.SSLContext) -> None:
-    server, peer = TlsSession(server_ctx), Peer(ca.client_context())
+    server, peer = TlsSession(server_ctx), Peer(one_rtt_client(ca))
     assert handshake(server, peer) == [HANDSHAKE_DONE]
     assert server.version() == "TLSv1.3" and server.cipher()
     assert server.receive(peer.records(b"hello")) == [b"hello"]
@@ -132,7 +142,7 @@ def test_garbage_from_the_peer_is_a_failed_event_with_an_alert_never_an_exceptio
 def test_a_corrupted_record_after_the_handshake_fails_the_session(
     ca: TestCA, server_ctx: ssl.SSLContext
 ) -> None:
-    server, peer = TlsSession(server_ctx), Peer(ca.client_context())
+    server, peer = TlsSession(server_ctx), Peer(one_rtt_client(ca))
     handshake(server, peer)
     record = bytearray(peer.records(b"secret"))
     record[-1] ^= 0xFF  # the AEAD tag no longer matches
@@ -144,7 +154,7 @@ def test_a_corrupted_record_after_the_handshake_fails_the_session(
 def test_peer_close_notify_is_an_event_and_close_answers_it(
     ca: TestCA, server_ctx: ssl.SSLContext
 ) -> None:
-    server, peer = TlsSession(server_ctx), Peer(ca.client_context())
+    server, peer = TlsSession(server_ctx), Peer(one_rtt_client(ca))
     handshake(server, peer)
     with pytest.raises(ssl.SSLWantReadError):
         peer.obj.unwrap()
@@ -158,7 +168,7 @@ def test_client_session_handshakes_with_a_server_session(
     ca: TestCA, server_ctx: ssl.SSLContext
 ) -> None:
     server = TlsSession(server_ctx)
-    client = TlsSession(ca.client_context(), server_side=False, server_hostname="srv.test")
+    client = TlsSession(one_rtt_client(ca), server_side=False, server_hostname="srv.test")
     client.start()
     events: list[object] = []
     for _ in range(4):
@@ -182,7 +192,7 @@ def test_a_client_chain_deeper_than_ssl_verify_depth_fails_the_session(
             issued.crypto(ssl_trusted_certificate=str(ca_file), ssl_verify_depth=depth)
         ).context
         server = TlsSession(ctx)
-        client_ctx = ca.client_context()
+        client_ctx = one_rtt_client(ca)
         leaf.configure_cert(client_ctx)
         peer = Peer(client_ctx)
         server.receive(peer.step())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import ssl
 import stat
 import time
 from collections.abc import Mapping
@@ -41,8 +42,21 @@ ORIGINAL_CIPHERS = "HIGH:!aNULL:!kRSA:!PSK:!SRP:!MD5:!RC4"
 #: The key-exchange group by default. Python's `ssl` sets one group only (no groups list
 #: before 3.15), and OpenSSL's own list adds X448 and P-521, outside Mozilla's profile.
 #: X25519 is what current clients offer first, so none needs a HelloRetryRequest; clients
-#: without it (Java 8, IE 11) need `ssl_ecdh_curve: "prime256v1"`.
-DEFAULT_ECDH_CURVE = "X25519"
+#: without it (Java 8, IE 11) need `ssl_ecdh_curve: "prime256v1"`. Some Pythons (Debian
+#: 12's 3.11.2) set the group through EC_KEY, which has no X25519: there the default is
+#: P-256, also in Mozilla's intermediate profile (TLS 1.3 clients then pay a
+#: HelloRetryRequest).
+
+
+def _default_ecdh_curve() -> str:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ecdh_curve("X25519")
+    except (ValueError, ssl.SSLError):
+        return "prime256v1"
+    return "X25519"
+
+
+DEFAULT_ECDH_CURVE = _default_ecdh_curve()
 # A certificate chain or key is a few KiB: a bigger file is a mistake, and reading it whole
 # would stall the yuno and hold its size in memory.
 MAX_PEM_BYTES = 1024 * 1024
