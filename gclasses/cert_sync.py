@@ -34,6 +34,7 @@ import hashlib
 import os
 import shlex
 import signal
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ KEY_SUFFIXES = (".key",)
 MAX_RETRY_DELAY = 60.0
 #: Bytes of the copy command's output kept for the log.
 OUTPUT_TAIL = 600
+#: Largest store file read and hashed (certificates and keys are a few KiB; a bundle of a
+#: few hundred certificates still fits).
+MAX_STORE_FILE = 1 << 20
 
 # cert_sync_last_result values (SPEC 5)
 RELOADED = "reloaded"
@@ -134,9 +138,21 @@ def take_snapshot(store_dir: str) -> Snapshot:
             continue
         try:
             st = path.stat()
-            data = path.read_bytes()
         except OSError:
-            continue  # gone or unreadable now: the next tick sees what replaced it
+            continue  # gone (or a dangling or looping link) now: the next tick sees it
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_STORE_FILE:
+            # A FIFO would block the tick forever, /dev/zero or a huge file fill memory.
+            out[str(path.relative_to(root))] = FileState(
+                st.st_size, st.st_mtime_ns, "", "(not a certificate file)"
+            )
+            continue
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_STORE_FILE + 1)
+        except OSError:
+            # Unreadable by the agent (a key it may not read): seen by size and mtime.
+            out[str(path.relative_to(root))] = FileState(st.st_size, st.st_mtime_ns, "")
+            continue
         fingerprint = ""
         if path.suffix not in KEY_SUFFIXES:
             try:
@@ -206,8 +222,18 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
         return done("not-found", None, f"{argv[0]}: no such file")
     except OSError as exc:
         return done("cannot-run", None, f"{argv[0]}: {exc.strerror or exc}")
+    tail = bytearray()
+
+    async def drain() -> None:
+        # Only the tail is kept: a command that prints megabytes must not grow the agent.
+        assert proc.stdout is not None
+        while chunk := await proc.stdout.read(65536):
+            tail.extend(chunk)
+            del tail[: -OUTPUT_TAIL * 4]
+        await proc.wait()
+
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        await asyncio.wait_for(drain(), timeout)
     except TimeoutError:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -215,7 +241,7 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
             pass
         await proc.wait()
         return done("timeout", None, f"no exit within {timeout:g} s: process group killed")
-    return done("ok" if proc.returncode == 0 else "failed", proc.returncode, output)
+    return done("ok" if proc.returncode == 0 else "failed", proc.returncode, bytes(tail))
 
 
 # ----- convergence (I/O loop) --------------------------------------------------------

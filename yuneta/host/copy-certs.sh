@@ -70,7 +70,9 @@ names=()
 if [ -f "$list" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
         line="${line%%#*}"
-        line="${line//[[:space:]]/}"
+        # Trim the ends only: certbot's lineage names may hold blanks ("my site").
+        line="${line#"${line%%[![:space:]]*}"}"
+        line="${line%"${line##*[![:space:]]}"}"
         [ -n "$line" ] && names+=("$line")
     done <"$list"
     source_of_names="$list"
