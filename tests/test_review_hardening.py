@@ -4,8 +4,8 @@ hostile local peer can produce, each once found to break something."""
 from __future__ import annotations
 
 import asyncio
-import os
 import json
+import os
 import subprocess
 import sys
 import threading
