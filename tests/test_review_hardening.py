@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from certs import TestCA
 from layer1 import COPY_CERTS, make_lineage, run_script
-from procs import ROOT
+from procs import ROOT, child_env
 
 from gclasses.cert_sync import OUTPUT_TAIL, run_copy, take_snapshot
 
@@ -103,3 +104,18 @@ def test_a_fifo_or_a_huge_file_in_the_store_never_stalls_a_snapshot(tmp_path: Pa
     assert out["good.crt"].fingerprint.count(":") == 31
     assert out["stuck.crt"].sha256 == "" and out["private/huge.key"].sha256 == ""
     assert "loop.crt" not in out
+
+
+def test_an_install_the_agent_would_refuse_changes_nothing(tmp_path: Path) -> None:
+    # The config's check ran only when its turn came: the store, the copy script and the
+    # agent's directories were already in place, half an install left behind.
+    me = pwd.getpwuid(os.geteuid()).pw_name  # an existing user: nothing to create
+    prefix = tmp_path / "p"
+    argv = [sys.executable, "-m", "yuneta", "install", "--prefix", str(prefix), "--user", me]
+    argv += ["--metrics-port", "0", "--agent-url", "http://127.0.0.1:1991"]
+
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=child_env())
+
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "scheme must be one of" in proc.stderr
+    assert not prefix.exists()

@@ -336,20 +336,31 @@ def apply_file(f: File, dry_run: bool) -> str | None:
         return f"fix file    {f.path} ({_describe(f.owner, f.mode)})"
     verb = "write file " if st is None else "update file"
     if not dry_run:
-        if f.check:
-            _check_staged(f)
         write_bytes_atomic(f.path, f.content, f.mode)
         _set_owner_mode(f.path, f.owner, f.mode)
     return f"{verb} {f.path} ({_describe(f.owner, f.mode)})"
+
+
+def check_files(items: list[Dir | File]) -> None:
+    """Run every validator on what would be written, before anything is changed: a bad
+    file (an --agent-url the agent refuses) must not leave half an install behind."""
+    for f in items:
+        if isinstance(f, File) and f.check:
+            try:
+                unchanged = f.path.is_file() and f.path.read_bytes() == f.content
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                _check_staged(f)
 
 
 def _check_staged(f: File) -> None:
     """Run the file's validator on a private copy, so a bad file never lands in its place.
 
     The copy keeps the file's name (systemd-analyze reads the unit's type from it) in a
-    private directory beside the target.
+    private directory (the target's may not exist yet).
     """
-    with tempfile.TemporaryDirectory(prefix=f".{f.path.name}.", dir=f.path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"yuneta-install-{f.path.name}.") as tmp:
         staged = Path(tmp) / f.path.name
         write_bytes_atomic(staged, f.content, 0o400)
         argv = [staged.as_posix() if a == "{}" else a for a in f.check]
@@ -406,6 +417,7 @@ def root_owner() -> Owner:
 
 def install(opts: Options, dry_run: bool, out=print) -> int:
     """Apply the plan; print every action ("would ..." in a dry run). Returns an exit code."""
+    check_files(plan(opts, Owner(opts.user, -1, -1), root_owner()))
     yuneta, user_action = ensure_user(opts.user, dry_run)
     actions = [user_action] if user_action else []
     for item in plan(opts, yuneta, root_owner()):
