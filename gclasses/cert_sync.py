@@ -62,6 +62,9 @@ KEY_SUFFIXES = (".key",)
 MAX_RETRY_DELAY = 60.0
 #: Bytes of the copy command's output kept for the log.
 OUTPUT_TAIL = 600
+#: Changed files named in a tick's log line (the count says how many): journald splits a
+#: line past 48 KiB, which a store of a few hundred files changed at once would reach.
+MAX_LOGGED_CHANGES = 32
 #: Largest store file read and hashed (certificates and keys are a few KiB; a bundle of a
 #: few hundred certificates still fits).
 MAX_STORE_FILE = 1 << 20
@@ -628,7 +631,8 @@ class CertSync:
             trigger=r.trigger,
             result=r.result,
             store_dir=r.store_dir,
-            changed=r.changed_files,
+            changed=r.changed_files[:MAX_LOGGED_CHANGES],
+            changed_count=len(r.changed_files),
             copy=r.copy,
             listeners=[_log_row(row) for row in r.listeners],
             lagging=len(lagging),

@@ -13,8 +13,9 @@ import threading
 from pathlib import Path
 
 from certs import TestCA
+from clients import wait_for
 from layer1 import COPY_CERTS, make_lineage, run_script
-from procs import ROOT, child_env
+from procs import ROOT, Agent, child_env
 
 from gclasses.cert_sync import OUTPUT_TAIL, run_copy, take_snapshot
 
@@ -119,3 +120,37 @@ def test_an_install_the_agent_would_refuse_changes_nothing(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "scheme must be one of" in proc.stderr
     assert not prefix.exists()
+
+
+def test_a_burst_of_store_events_is_one_tick_with_a_bounded_log_line(tmp_path: Path) -> None:
+    # 500 files landing at once were one tick (good) whose log line named every one of
+    # them: 53 KB, past journald's 48 KiB line limit, so the JSON arrived split in pieces.
+    store = tmp_path / "store"
+    store.mkdir()
+    agent = Agent(
+        tmp_path,
+        extra={
+            "__json_config_variables__": {
+                "cert_sync_store_dir": str(store),
+                "cert_sync_watch": True,
+            },
+            "global": {"agent.cert_sync_debounce_sec": 0.3},
+        },
+    ).start()
+
+    def ticks() -> list[dict]:
+        return [r for r in agent.log_lines() if r.get("msg") == "cert-sync tick"]
+
+    try:
+        wait_for(lambda: [t for t in ticks() if t["trigger"] == "start"], timeout=20)
+        for i in range(500):
+            (store / f"site{i:03d}.crt").write_text("not yet a certificate\n")
+        watch = wait_for(lambda: [t for t in ticks() if t["trigger"] == "watch"], timeout=20)
+        threading.Event().wait(1.0)  # a second tick for the same burst would show by now
+        watch = [t for t in ticks() if t["trigger"] == "watch"]
+        lines = [line for line in agent.log.read_text().splitlines() if '"cert-sync tick"' in line]
+    finally:
+        agent.stop()
+    assert len(watch) == 1 and watch[0]["changed_count"] == 500
+    assert len(watch[0]["changed"]) <= 32
+    assert max(len(line) for line in lines) < 16_000
