@@ -154,3 +154,23 @@ def test_a_burst_of_store_events_is_one_tick_with_a_bounded_log_line(tmp_path: P
     assert len(watch) == 1 and watch[0]["changed_count"] == 500
     assert len(watch[0]["changed"]) <= 32
     assert max(len(line) for line in lines) < 16_000
+
+
+def test_a_refused_attribute_write_is_one_answer_and_no_traceback_in_the_log(
+    tmp_path: Path,
+) -> None:
+    # An operator's bad value was answered in one line but logged as an error with a
+    # traceback (alerts on error lines fired for a typo).
+    agent = Agent(tmp_path).start()
+    try:
+        code, answer = ycommand_json(
+            agent.url, "write-attr attr_name=cert_sync_interval_sec value=5"
+        )
+        assert code != 0 and answer["result"] == -1
+        assert answer["comment"].endswith("must be at least 30 seconds, not 5")
+        code, status = ycommand_json(agent.url, "cert-sync-status")
+        assert code == 0 and status["data"]["interval_sec"] == 900  # the old value kept
+    finally:
+        agent.stop()
+    log = agent.log.read_text()
+    assert "Traceback" not in log and '"level":"error"' not in log

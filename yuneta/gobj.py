@@ -609,7 +609,7 @@ class GObj:
             pairs.update(kw)
             typed = build_kw(cmd, positional, pairs)
             answer = getattr(self, cmd.handler)(cmd.name, typed, src)
-        except CommandError as exc:
+        except (CommandError, AttrError) as exc:  # the operator's mistake: answered, no traceback
             return error_envelope(exc)
         except Exception as exc:
             self.log_error(
