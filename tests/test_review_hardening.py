@@ -15,7 +15,7 @@ from pathlib import Path
 from certs import TestCA
 from clients import wait_for
 from layer1 import COPY_CERTS, make_lineage, run_script
-from procs import ROOT, Agent, child_env
+from procs import ROOT, Agent, child_env, ycommand_json
 
 from gclasses.cert_sync import OUTPUT_TAIL, run_copy, take_snapshot
 
