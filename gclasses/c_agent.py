@@ -349,7 +349,8 @@ class CAgent(GObj):
 
     def link_closed(self, channel: Channel) -> None:
         """A peer's link closed (I/O loop thread)."""
-        for e in self.registry.link_closed(channel):
+        closed, pruned = self.registry.link_closed(channel)
+        for e in closed:
             self.log(
                 "warning",
                 "yuno disconnected",
@@ -357,6 +358,8 @@ class CAgent(GObj):
                 yuno_role=e.yuno_role,
                 yuno_name=e.yuno_name,
             )
+        if pruned:
+            self.log("info", "departed unverified yunos forgotten", count=len(pruned))
 
     def ac_check_yunos(self, event: str, kw: dict, src: Any) -> int:
         died, pruned = self.registry.check(float(self.attrs["dead_retention"]))

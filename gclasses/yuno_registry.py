@@ -63,6 +63,11 @@ _PERSISTED = (
 )
 
 
+#: Departed yunos that never proved an id (hand-started without a secret file, or any
+#: admitted peer's claim) kept for list-yunos; older ones are forgotten at once.
+MAX_GONE_UNVERIFIED = 64
+
+
 def proc_start_time(pid: int) -> int | None:
     """The kernel's start time of `pid` (clock ticks since boot), None if it is gone or a
     zombie: with the pid, it names one process for good (a recycled pid starts later)."""
@@ -333,16 +338,32 @@ class YunoRegistry:
             self.entries[yuno_id] = e
         return e
 
-    def link_closed(self, channel: Channel) -> list[YunoEntry]:
-        """A link closed (I/O loop thread). A yuno the agent did not launch is known only
-        through its link, so without it the agent no longer counts it as running."""
+    def link_closed(self, channel: Channel) -> tuple[list[YunoEntry], list[YunoEntry]]:
+        """A link closed (I/O loop thread): (closed, pruned). A yuno the agent did not launch
+        is known only through its link, so without it the agent no longer counts it as
+        running. Any admitted peer can claim a fresh id and leave, so such departed,
+        unverified entries are capped at MAX_GONE_UNVERIFIED, oldest out first: claims
+        cannot grow the registry (and every save of it) without bound."""
         with self.lock:
             entries = [e for e in self.entries.values() if e.channel is channel]
             for e in entries:
                 e.channel = None
                 if e.process is None:
                     e.running, e.ended_at = False, time.time()
-        return entries
+            gone = sorted(
+                (
+                    e
+                    for e in self.entries.values()
+                    if not (e.running or e.launched or e.verified or e.connected)
+                ),
+                key=lambda e: e.ended_at,
+            )
+            pruned = gone[: max(0, len(gone) - MAX_GONE_UNVERIFIED)]
+            for e in pruned:
+                del self.entries[e.id]
+        if pruned:
+            self.save()
+        return entries, pruned
 
 
 def last_log_line(path: Path) -> str:

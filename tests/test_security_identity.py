@@ -230,3 +230,23 @@ def test_judge(entry, card, expected, result, verified):
     verdict = yuno_identity.judge("y1", entry, card, expected)
     assert (verdict.result, verdict.verified) == (result, verified)
     assert verdict.result == 0 or "'y1'" in verdict.comment
+
+
+def test_claims_of_fresh_ids_that_leave_cannot_grow_the_registry(agent: Agent) -> None:
+    """Any admitted peer can claim a new id and go: departed unverified entries are capped,
+    the oldest forgotten first, so list-yunos (and the saved registry) stay bounded."""
+    from gclasses.yuno_registry import MAX_GONE_UNVERIFIED
+
+    claims = MAX_GONE_UNVERIFIED + 36
+    ids = [f"claim{i:04d}" for i in range(claims)]
+    for yuno_id in ids:
+        ws, ack = claim(agent, yuno_id)
+        assert ack["result"] == 0, ack
+        ws.close()
+    wait_for(lambda: not any(y["running"] for y in yunos(agent).values()), timeout=30)
+    listed = yunos(agent)
+    kept = [i for i in ids if i in listed]
+    assert len(kept) == MAX_GONE_UNVERIFIED
+    # Oldest out first (neighbours' close callbacks may land in either order).
+    assert set(ids[:30]).isdisjoint(kept) and set(ids[-30:]) <= set(kept)
+    assert all(not listed[i]["verified"] and not listed[i]["running"] for i in kept)
