@@ -111,6 +111,19 @@ class Agent:
         return out
 
 
+def run_agent_to_exit(override: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`yuneta run -f configs/agent.json -f override` to its end (a config it refuses)."""
+    return subprocess.run(
+        [sys.executable, "-m", "yuneta", "run"]
+        + ["-f", str(CONFIGS / "agent.json"), "-f", str(override)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        cwd=cwd,
+    )
+
+
 def ycommand(
     url: str, *command: str, wait: float = 15.0, extra: list[str] | None = None
 ) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,14 @@ import pytest
 from certs import Issued, TestCA, serial_of_peer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from procs import CONFIGS, Agent, child_env, free_port, write_json, ycommand, ycommand_json
+from procs import (
+    Agent,
+    free_port,
+    run_agent_to_exit,
+    write_json,
+    ycommand,
+    ycommand_json,
+)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -595,23 +601,7 @@ def test_non_loopback_address_without_tls_and_token_starts_nothing(tmp_path: Pat
             **extra,
         },
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "yuneta",
-            "run",
-            "-f",
-            str(CONFIGS / "agent.json"),
-            "-f",
-            str(override),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_agent_to_exit(override, tmp_path)
     assert proc.returncode != 0
     assert f"C_IEVENT_SRV: attribute '{attr}'" in proc.stderr
     assert "listening" not in proc.stderr

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import pytest
 from certs import Issued, serial_of_peer
 from dtls_helpers import DtlsClient, free_udp_port
 from metrics_env import ECHO_DTLS, YUNO_TIMEOUT, MetricsAgent, http_get, new_ca, start_agent
-from procs import CONFIGS, Agent, child_env, write_json, ycommand_json
+from procs import Agent, run_agent_to_exit, write_json, ycommand_json
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gclasses.metrics_series import Snapshot, SnapshotCollector, YunoSample, families
@@ -202,23 +201,7 @@ def _run_agent(tmp_path: Path, variables: dict, metrics_kw: dict) -> subprocess.
             "global": {f"C_METRICS.{k}": v for k, v in metrics_kw.items()},
         },
     )
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "yuneta",
-            "run",
-            "-f",
-            str(CONFIGS / "agent.json"),
-            "-f",
-            str(override),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    return run_agent_to_exit(override, tmp_path)
 
 
 @pytest.mark.parametrize(

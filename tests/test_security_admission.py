@@ -13,14 +13,20 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from clients import wait_for
-from procs import CONFIGS, Agent, child_env, free_port, write_json, ycommand, ycommand_json
+from procs import (
+    Agent,
+    free_port,
+    run_agent_to_exit,
+    write_json,
+    ycommand,
+    ycommand_json,
+)
 
 from yuneta import ievent, peercred
 
@@ -290,23 +296,7 @@ def test_a_short_token_is_a_one_line_config_error(tmp_path: Path, tokens: list[s
             "global": {"C_IEVENT_SRV.auth_tokens": tokens},
         },
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "yuneta",
-            "run",
-            "-f",
-            str(CONFIGS / "agent.json"),
-            "-f",
-            str(override),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = run_agent_to_exit(override, tmp_path)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in proc.stderr
