@@ -72,11 +72,15 @@ def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[socket.sock
     return lsock.accept()
 
 
+# The C-level family (an int): `socket.socket.family` converts it to an enum on every read.
+_family = _socket.socket.family.__get__
+
+
 def _private_accept(lsock: socket.socket, tls: bool = False) -> tuple[Any, Any]:
     fd, addr = lsock._accept()  # type: ignore[attr-defined]
     # The C socket type: no Python subclass instance, no io refcount fields; a TLS session
     # on the socket (which the SSL object holds a weak reference to) needs a TlsSocket.
-    return (TlsSocket if tls else _socket.socket)(lsock.family, socket.SOCK_STREAM, 0, fd), addr
+    return (TlsSocket if tls else _socket.socket)(_family(lsock), socket.SOCK_STREAM, 0, fd), addr
 
 
 def _private_wrap_socket(ctx: ssl.SSLContext, sock: TlsSocket) -> Any:

@@ -26,8 +26,10 @@ from yuneta.netio.tls_connection import SocketTlsConnection
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _RECV_BUFFER_SIZE = 256 * 1024
-# Accept at most this many connections per readiness event of a listening socket.
-_ACCEPT_BATCH = 100
+# Connections accepted per readiness event of a listening socket. One, as nginx does without
+# `multi_accept`: the poll is level-triggered, so the next wakeup (which serves the other
+# ready sockets too) takes the next one, and no accept per wakeup ends in EAGAIN.
+_ACCEPT_BATCH = 1
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _monotonic = time.monotonic
 

@@ -79,6 +79,9 @@ class SocketTlsConnection(Connection):
         server.selector.add_fd(self._fd, READ, self)
         self._reading = True
         server.handshake_started(self)
+        # The ClientHello is usually in already (a client sends it as it connects): answer
+        # it now, as nginx does, rather than after one more trip through epoll_wait.
+        self._on_readable()
 
     def write(self, data: bytes) -> None:
         """Send `data` encrypted. Ignored once the connection is closing."""
@@ -160,6 +163,11 @@ class SocketTlsConnection(Connection):
                 return
             self._server.handshake_ended(self)
             self._open()
+            if not obj.pending():
+                # OpenSSL read the Finished record only (no read-ahead): whatever the peer
+                # sent next is still in the socket, and the level-triggered poll reports it.
+                # Not reading now spares a failed read (and its exception) per handshake.
+                return
         handler = self._handler
         while self._reading and self._state == _OPEN:
             try:
@@ -178,10 +186,20 @@ class SocketTlsConnection(Connection):
             except OSError as exc:
                 self._lost(exc)
                 return
-            if not data:  # the peer's close_notify: answer it, then FIN
-                self.close()
+            if not data:  # the peer's close_notify (or FIN): answer it and close
+                self._closed_by_peer()
                 return
             handler.on_data(self, data)  # type: ignore[union-attr]
+
+    def _closed_by_peer(self) -> None:
+        if self._wbuf is not None or self._state != _OPEN:
+            self.close()  # our pending bytes go first, then close_notify, FIN and linger
+            return
+        # The peer sends nothing more after its close_notify: no linger (it waits for an
+        # EOF that is here or promised), so no shutdown, no poll change, no extra callback.
+        self._state = _CLOSING
+        self._close_notify()
+        self._lost(None)
 
     def _fail(self, reason: str | None) -> None:
         self._state = _CLOSED
