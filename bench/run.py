@@ -77,8 +77,15 @@ class PyServer:
     """A bench.server subprocess with its stdin/stdout control channel."""
 
     def __init__(
-        self, mode: str, cert: tuple[str, str], *, private: bool = True, prefix: list[str] = ()
+        self,
+        mode: str,
+        cert: tuple[str, str],
+        *,
+        private: bool | str = True,
+        prefix: list[str] = (),
     ) -> None:
+        # private: True (every sslcompat shortcut), False (public APIs only), or a comma list
+        # of the shortcuts to use (the others take their public path).
         self.proc = subprocess.Popen(
             [
                 *prefix,
@@ -92,7 +99,7 @@ class PyServer:
                 "--key",
                 cert[1],
                 "--private",
-                str(int(private)),
+                private if isinstance(private, str) else str(int(private)),
             ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
@@ -235,9 +242,9 @@ def expect(proc: subprocess.Popen[str], word: str) -> None:
         raise RuntimeError(f"bench client: expected {word}, got {line!r}")
 
 
-def idle_memory(mode: str, cert: tuple[str, str], n: int) -> float:
+def idle_memory(mode: str, cert: tuple[str, str], n: int, private: bool | str = True) -> float:
     """Server RSS KiB per idle TLS connection (after one 1-byte echo each)."""
-    server = PyServer(mode, cert)
+    server = PyServer(mode, cert, private=private)
     try:
         warm = client(server.port, "idle", n=50)  # first-use allocations are not per conn
         expect(warm, "READY")

@@ -4,7 +4,8 @@ Modes: `netio` (yuneta.netio + ytls), `asyncio-streams` (`asyncio.start_server(s
 `asyncio-proto` (`loop.create_server(Protocol, ssl=ctx)`). Prints the port, then answers one
 line per stdin command: `cpu` (process CPU seconds), `rss` (VmRSS KiB), `gc` (collect),
 `reload` (netio: `reload-certs` of the same files, as a renewal would; prints "ok").
-`--private 0` makes netio use only public APIs (yuneta.sslcompat's fallbacks).
+`--private none` makes netio use only public APIs (yuneta.sslcompat's fallbacks); a comma list
+(`accept,socket_bio`) uses only those private shortcuts.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
     ap.add_argument("--mode", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
-    ap.add_argument("--private", type=int, default=1)
+    ap.add_argument("--private", default="all")  # all, none, or shortcuts to use
     args = ap.parse_args()
     crypto = {"ssl_certificate": args.cert, "ssl_certificate_key": args.key}
 
@@ -76,8 +77,10 @@ def main() -> None:
         from yuneta import sslcompat
         from yuneta.netio import IOLoop, TcpServer
 
-        if not args.private:
+        if args.private in ("0", "none"):
             sslcompat.use_public()
+        elif args.private not in ("1", "all"):
+            sslcompat.use_private(only=args.private.split(","))  # e.g. "accept,socket_bio"
         ytls = Ytls(crypto)  # as a listener has it: session context + per-handshake selection
         RELOADERS.append(ytls.reload)
         io = IOLoop()

@@ -69,3 +69,35 @@ def test_the_public_fallbacks_serve_tls_and_count_like_the_shortcuts(
         assert server.tconnxs == 1 and server.handshake_failures == 0
     finally:
         ioloop.stop()
+
+
+@pytest.mark.parametrize(
+    "only",
+    [("socket_bio",), ("wrap_bio", "accept"), ("accept",), ("wrap_bio", "socket_bio")],
+    ids=lambda only: "+".join(only),
+)
+def test_each_shortcut_serves_without_the_others(tmp_path: Path, only: tuple[str, ...]) -> None:
+    """Any one self-test may fail on some Python while the others pass: every mix serves."""
+    ca = TestCA()
+    sslcompat.use_private(only=only)
+    ioloop = IOLoop()
+    ioloop.start()
+    try:
+        assert {name for name, used in sslcompat.PRIVATE.items() if used} == set(only)
+        server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
+        with tls_connect(server.start_listening(), ca.client_context()) as sock:
+            assert echo(sock, b"mixed") == b"mixed"
+            conn = server.connections()[0]
+            direct = "socket_bio" in only
+            assert type(conn) is (SocketTlsConnection if direct else Connection)
+        assert wait_for(lambda: server.connxs == 0)
+        assert server.tconnxs == 1 and server.handshake_failures == 0
+    finally:
+        ioloop.stop()
+        sslcompat.use_private()
+
+
+def test_an_unknown_shortcut_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown sslcompat shortcut.*nope"):
+        sslcompat.use_private(only=("accept", "nope"))
+    assert sslcompat.PRIVATE == {"wrap_bio": True, "accept": True, "socket_bio": True}

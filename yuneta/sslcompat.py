@@ -32,7 +32,7 @@ import _socket
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 _SSL_METHODS = ("do_handshake", "read", "write", "pending", "shutdown", "version", "cipher")
@@ -69,7 +69,10 @@ class TlsSocket(socket.socket):
 
 
 def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[socket.socket, Any]:
-    return lsock.accept()
+    sock, addr = lsock.accept()
+    if tls:  # the socket-BIO session selects its context through a TlsSocket
+        sock = TlsSocket(sock.family, sock.type, 0, sock.detach())
+    return sock, addr
 
 
 # The C-level family (an int): `socket.socket.family` converts it to an enum on every read.
@@ -250,12 +253,24 @@ def wrap_socket_server(ctx: ssl.SSLContext, sock: TlsSocket) -> Any:
     return _private_wrap_socket(ctx, sock)
 
 
-def use_private() -> None:
-    """Use each private shortcut whose self-test passes (the default at import)."""
+#: The private shortcuts, by name (the keys of `PRIVATE`).
+SHORTCUTS = ("wrap_bio", "accept", "socket_bio")
+
+
+def use_private(only: Iterable[str] = SHORTCUTS) -> None:
+    """Use each private shortcut (of `only`: the benchmark measures them one by one) whose
+    self-test passes, and the public path for the others. All of them at import."""
     global wrap_server, accept
-    PRIVATE["wrap_bio"] = _self_test_wrap()
-    PRIVATE["accept"] = _self_test_accept()
-    PRIVATE["socket_bio"] = _self_test_socket()
+    unknown = set(only) - set(SHORTCUTS)
+    if unknown:
+        raise ValueError(f"unknown sslcompat shortcut(s): {', '.join(sorted(unknown))}")
+    tests = {
+        "wrap_bio": _self_test_wrap,
+        "accept": _self_test_accept,
+        "socket_bio": _self_test_socket,
+    }
+    for name in SHORTCUTS:
+        PRIVATE[name] = name in only and tests[name]()
     wrap_server = _private_wrap if PRIVATE["wrap_bio"] else _public_wrap
     accept = _private_accept if PRIVATE["accept"] else _public_accept
 
