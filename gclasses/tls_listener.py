@@ -15,6 +15,7 @@ The watcher thread only posts EV_CERT_FILES_CHANGED; each gclass writes the two 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,25 @@ TRANSIENT_REASONS = (
 )
 
 
+def days_remaining(not_after: int, now: float | None = None) -> int:
+    """Whole days from `now` (epoch s; default: the clock) until `not_after`, rounded down:
+    0 on the last day, negative once expired. The expiry monitor's thresholds compare
+    against this (C_YUNO `cert_warn_days`, `cert_critical_days`)."""
+    now = time.time() if now is None else now
+    return math.floor((not_after - now) / 86400)
+
+
+def cert_view(facts: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """`view-cert` data: a certificate's facts (`Ytls.cert_info`) with `days_remaining`
+    after `serial`, in the original's order of keys."""
+    view: dict[str, Any] = {}
+    for key, value in facts.items():
+        view[key] = value
+        if key == "serial":
+            view["days_remaining"] = days_remaining(facts["not_after"], now)
+    return view
+
+
 def is_transient_failure(comment: str) -> bool:
     """True when a refused reload's reason may go away by itself within seconds."""
     return any(reason in comment for reason in TRANSIENT_REASONS)
@@ -163,10 +183,15 @@ class TlsListener:
         self.ytls = Ytls(self.attrs["crypto"])
         return self.ytls
 
+    def cert_info(self) -> dict[str, Any]:
+        """`view-cert` data of the certificate served now (see `cert_view`)."""
+        assert self.ytls is not None
+        return cert_view(self.ytls.cert_info())
+
     def cert_fields(self) -> dict[str, Any]:
         if self.ytls is None:
             return {}
-        info = self.ytls.cert_info()
+        info = self.ytls.cert_info()  # facts only: no clock needed
         return {
             "subject": info["subject"],
             "serial": info["serial"],
@@ -199,7 +224,7 @@ class TlsListener:
             raise CommandError(str(exc)) from None
         self.attrs["reloads"] += 1
         self.attrs["last_reload_error"] = ""
-        info = self.ytls.cert_info()
+        info = self.cert_info()
         self.log(
             "info",
             "TLS certificates reloaded",
@@ -231,7 +256,7 @@ class TlsListener:
             "",
             None,
             {
-                **self.ytls.cert_info(),
+                **self.cert_info(),
                 "url": self.attrs["url"],
                 "crypto_paths": crypto_paths(self.ytls.crypto),
             },

@@ -18,6 +18,7 @@ from certs import TestCA, serial_of_peer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gclasses.tls_listener import cert_view, days_remaining
 from yuneta.netio import TlsSession
 from yuneta.tls_material import TlsSettings, load_material
 from yuneta.ytls import (
@@ -49,24 +50,26 @@ def test_cert_info_describes_the_leaf(
     issued = ca.issue(tmp_path, "web", days=days, not_before_days=not_before_days)
     ytls = Ytls(issued.crypto())
     now = issued.cert.not_valid_before_utc.timestamp() - not_before_days * 86400
-    info = ytls.cert_info(now=now)
+    facts = ytls.cert_info()
+    info = cert_view(facts, now=now)
 
-    assert set(info) == {
+    assert "days_remaining" not in facts  # the engine has no clock policy: the gclasses do
+    assert list(info) == [
         "subject",
         "issuer",
         "not_before",
         "not_after",
+        "serial",
+        "days_remaining",  # where the original puts it
         "not_before_iso",
         "not_after_iso",
         "subject_rfc4514",
         "issuer_rfc4514",
-        "serial",
-        "days_remaining",
         "san",
         "fingerprint_sha256",
         "key_type",
         "chain_length",
-    }
+    ]
     assert info["subject"] == "/CN=web" and info["subject_rfc4514"] == "CN=web"
     assert "/O=Yuneta Test CA" in info["issuer"] and "O=Yuneta Test CA" in info["issuer_rfc4514"]
     assert info["serial"] == issued.serial and info["serial"] == info["serial"].upper()
@@ -82,7 +85,16 @@ def test_cert_info_describes_the_leaf(
 
 def test_expired_certificate_has_negative_days_remaining(ca: TestCA, tmp_path: Path) -> None:
     issued = ca.issue(tmp_path, "old", days=-3.5, not_before_days=-40)
-    assert Ytls(issued.crypto()).cert_info()["days_remaining"] == -4
+    assert cert_view(Ytls(issued.crypto()).cert_info())["days_remaining"] == -4
+
+
+@pytest.mark.parametrize(
+    ("seconds_left", "expected"),
+    [(86400 * 2, 2), (86400 * 2 - 1, 1), (1, 0), (0, 0), (-1, -1), (-86400, -1), (-86401, -2)],
+)
+def test_days_remaining_rounds_down(seconds_left: int, expected: int) -> None:
+    now = 1_800_000_000.0
+    assert days_remaining(int(now) + seconds_left, now=now) == expected
 
 
 def test_rsa_key_type_is_reported(ca: TestCA, tmp_path: Path) -> None:

@@ -13,11 +13,9 @@ reason, never any key material.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import ssl
 import stat
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,18 +125,16 @@ class CertInfo:
     key_type: str
     chain_length: int
 
-    def as_dict(self, now: float | None = None) -> dict[str, Any]:
-        """The `view-cert` data (SPEC 4): the original's keys with the original's types, then
-        ours under keys of their own; `days_remaining` is computed against `now` (epoch s)."""
-        now = time.time() if now is None else now
-        not_after = int(self.not_after.timestamp())
+    def as_dict(self) -> dict[str, Any]:
+        """The certificate's facts for `view-cert` (SPEC 4): the original's keys with the
+        original's types, then ours under keys of their own. Nothing here depends on the
+        clock: life-cycle figures (`days_remaining`) are the gclasses' (`tls_listener`)."""
         return {
             "subject": self.subject,
             "issuer": self.issuer,
             "not_before": int(self.not_before.timestamp()),
-            "not_after": not_after,
+            "not_after": int(self.not_after.timestamp()),
             "serial": self.serial,
-            "days_remaining": math.floor((not_after - now) / 86400),
             "not_before_iso": _iso(self.not_before),
             "not_after_iso": _iso(self.not_after),
             "subject_rfc4514": self.subject_rfc4514,

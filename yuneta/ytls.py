@@ -342,9 +342,9 @@ class Ytls:
             self.reload_count += 1
             return material.info
 
-    def cert_info(self, now: float | None = None) -> dict[str, Any]:
-        """`view-cert` data of the current certificate (see `CertInfo.as_dict`)."""
-        return self._current[1].info.as_dict(now)
+    def cert_info(self) -> dict[str, Any]:
+        """The current certificate's facts (see `CertInfo.as_dict`)."""
+        return self._current[1].info.as_dict()
 
     def alive_contexts(self) -> int:
         """How many certificate contexts built by this Ytls are still referenced (current
