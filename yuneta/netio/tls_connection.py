@@ -163,11 +163,8 @@ class SocketTlsConnection(Connection):
                 return
             self._server.handshake_ended(self)
             self._open()
-            if not obj.pending():
-                # OpenSSL read the Finished record only (no read-ahead): whatever the peer
-                # sent next is still in the socket, and the level-triggered poll reports it.
-                # Not reading now spares a failed read (and its exception) per handshake.
-                return
+            # Read on now, as nginx does: a client's first request (or its close) often
+            # came with its Finished, and is served in this wakeup rather than the next.
         handler = self._handler
         while self._reading and self._state == _OPEN:
             try:
