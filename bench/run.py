@@ -10,7 +10,9 @@ RSA-2048 signature), TLS 1.3 suite and warm-up for every server; netio and nginx
 two TLS 1.3 session tickets per full handshake (OpenSSL's default; checked with
 `openssl s_client -sess_out`, and both resume); nginx also writes its one byte and a
 close_notify, netio (echo) writes nothing. netio and nginx are measured in alternating
-rounds and the medians compared, so drifting load on a shared machine hits both alike.
+rounds and the medians compared, so drifting load on a shared machine hits both alike; in
+those rounds every server runs on CPU 1 and its client on CPU 0 (`taskset`; `--no-pin` not).
+Then, for each mix of yuneta.sslcompat's private shortcuts, what it buys.
 """
 
 from __future__ import annotations
@@ -226,8 +228,24 @@ def _wait_port(port: int, deadline: float) -> bool:
     return False
 
 
-def client(port: int, mode: str, **opts: int | str) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "bench.client", "--port", str(port), "--mode", mode]
+def pinned(cpu: int) -> list[str]:
+    """A command prefix running a process on CPU `cpu` only, where there are two or more:
+    the timed rounds put every server on one CPU and its client on another, so no server
+    gains or loses by where the scheduler happened to place it (unpinned, nginx's figure
+    moved between two levels ~25% apart from one round to the next on this machine)."""
+    if PIN and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+PIN = True  # --no-pin clears it
+SERVER_CPU, CLIENT_CPU = 1, 0
+
+
+def client(
+    port: int, mode: str, *, prefix: list[str] = (), **opts: int | str
+) -> subprocess.Popen[str]:
+    argv = [*prefix, sys.executable, "-m", "bench.client", "--port", str(port), "--mode", mode]
     for k, v in opts.items():
         argv += [f"--{k}", str(v)]
     return subprocess.Popen(
@@ -369,12 +387,13 @@ def syscalls_per_handshake(server: PyServer | NginxServer, m: int, work: Path, n
 
 def handshake_cpu(server: PyServer | NginxServer, m: int) -> float:
     """Server CPU ms per full TLS handshake (connect, handshake, close)."""
-    warm = client(server.port, "handshake", n=50)
+    on = pinned(CLIENT_CPU)
+    warm = client(server.port, "handshake", n=50, prefix=on)
     expect(warm, "DONE")
     warm.wait()
     time.sleep(0.2)
     t0 = server.cpu()
-    c = client(server.port, "handshake", n=m, concurrency=8)
+    c = client(server.port, "handshake", n=m, concurrency=8, prefix=on)
     expect(c, "DONE")
     c.wait()
     time.sleep(0.3)  # let the server finish closing
@@ -422,7 +441,15 @@ def main() -> None:
     ap.add_argument("--resume", type=int, default=200, help="clients for the reload share")
     ap.add_argument("--kernel-calls", type=int, default=5000, help="calls per kernel figure")
     ap.add_argument("--skip-kernel", action="store_true")
+    ap.add_argument(
+        "--shortcut-idle", type=int, default=3000, help="idle connections per sslcompat mix"
+    )
+    ap.add_argument(
+        "--no-pin", action="store_true", help="do not pin timed servers and clients to CPUs"
+    )
     args = ap.parse_args()
+    global PIN
+    PIN = not args.no_pin
     started = time.monotonic()
 
     kernel_results = None
@@ -467,14 +494,15 @@ def main() -> None:
             samples: dict[str, list[float]] = {"netio": [], "netio-public": [], "nginx": []}
             for rnd in range(args.hs_rounds):
                 print(f"[netio/nginx] handshake CPU {kind}, round {rnd + 1}...", flush=True)
+                on = pinned(SERVER_CPU)
                 for name in ("netio", "netio-public"):
-                    server = PyServer("netio", certs[kind], private=name == "netio")
+                    server = PyServer("netio", certs[kind], private=name == "netio", prefix=on)
                     try:
                         samples[name].append(handshake_cpu(server, args.handshakes))
                     finally:
                         server.close()
                 if have_nginx:
-                    ng = NginxServer(certs[kind], work)
+                    ng = NginxServer(certs[kind], work, prefix=on)
                     try:
                         samples["nginx"].append(handshake_cpu(ng, args.handshakes))
                     finally:
@@ -514,7 +542,11 @@ def main() -> None:
                         factory, args.callgrind, work, f"{name}-{kind}"
                     )
 
+        print("[sslcompat] what each private shortcut buys...", flush=True)
+        mixes = shortcut_figures(certs["ec"], work, args, results, have_valgrind)
+
     print_table(results, args)
+    print_shortcuts(mixes, args)
     print(f"\nbench took {time.monotonic() - started:.0f} s")
     if kernel_results is not None:
         from bench import kernel
@@ -523,6 +555,63 @@ def main() -> None:
 
 
 COLUMNS = ["netio", "netio-public", "asyncio-streams", "asyncio-proto", "nginx"]
+
+#: yuneta.sslcompat's private shortcuts in use, per mix: every one, each one left out (the
+#: listener needs `wrap_bio` only without `socket_bio`, so it is seen between the last two).
+SHORTCUT_MIXES: dict[str, bool | str] = {
+    "all": True,
+    "all but accept": "wrap_bio,socket_bio",
+    "all but socket_bio": "wrap_bio,accept",
+    "accept only": "accept",
+    "none": False,
+}
+
+
+def shortcut_figures(
+    cert: tuple[str, str],
+    work: Path,
+    args: argparse.Namespace,
+    results: dict[str, dict[str, float | None]],
+    have_valgrind: bool,
+) -> dict[str, dict[str, float | None]]:
+    """Idle memory, system calls and instructions per ECDSA handshake for each mix; "all"
+    and "none" reuse the netio and netio-public figures of this run where they exist."""
+    reuse = {"all": results["netio"], "none": results["netio-public"]}
+    mixes: dict[str, dict[str, float | None]] = {}
+    for name, private in SHORTCUT_MIXES.items():
+        row: dict[str, float | None] = {}
+        row["idle"] = idle_memory("netio", cert, args.shortcut_idle, private=private)
+        if name in reuse:
+            row["sys"], row["ir"] = reuse[name].get("sys_ec"), reuse[name].get("ir_ec")
+        else:
+            if shutil.which("strace") is not None:
+                server = PyServer("netio", cert, private=private)
+                try:
+                    row["sys"] = syscalls_per_handshake(server, args.callgrind or 300, work, name)
+                finally:
+                    server.close()
+            if have_valgrind:
+                row["ir"] = callgrind_per_handshake(
+                    lambda p, private=private: PyServer("netio", cert, private=private, prefix=p),
+                    args.callgrind,
+                    work,
+                    name.replace(" ", "-"),
+                )
+        mixes[name] = row
+    return mixes
+
+
+def print_shortcuts(mixes: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
+    if not mixes:
+        return
+    print(f"\nyuneta.sslcompat shortcuts in use (ECDSA; idle at n={args.shortcut_idle}):")
+    print(f"{'mix':20} {'idle KiB/conn':>14} {'syscalls/hs':>12} {'Minstr/hs':>10}")
+    for name, row in mixes.items():
+        ir = row.get("ir")
+        print(
+            f"{name:20} {fmt(row.get('idle'), '.2f'):>14} {fmt(row.get('sys'), '.1f'):>12}"
+            f" {fmt(None if ir is None else ir * 1e-6, '.3f'):>10}"
+        )
 
 
 def print_table(results: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
