@@ -22,12 +22,11 @@ The parent may add its own checks on cards (`add_card_check`): they run before t
 from __future__ import annotations
 
 import concurrent.futures
-import hmac
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener, parse_url
+from gclasses.token_auth import check_auth_tokens, is_loopback, token_matches
 from yuneta import ievent, peercred
 from yuneta.backoff import FailureBackoff
 from yuneta.errors import AttrError
@@ -93,29 +92,13 @@ HIDDEN = "********"
 CardCheck = Callable[[Channel, Mapping[str, Any]], tuple[int, str]]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @register_gclass
 class CIEventSrv(TlsListener, GObj):
     GCLASS = GCLASS
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
-        shortest = attrs["min_token_length"]
-        for i, token in enumerate(attrs["auth_tokens"]):
-            if not isinstance(token, str) or len(token) < shortest:
-                raise AttrError(
-                    GCLASS.name,
-                    "auth_tokens",
-                    f"token #{i + 1} is shorter than min_token_length ({shortest} characters)",
-                )
+        check_auth_tokens(GCLASS.name, attrs)
         for uid in attrs["allowed_uids"]:
             if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
                 raise AttrError(GCLASS.name, "allowed_uids", f"{uid!r} is not a UID")
@@ -126,7 +109,7 @@ class CIEventSrv(TlsListener, GObj):
             _scheme, host, _port, use_ssl = parse_url(attrs["url"], ("ws", "wss"))
         except ValueError as exc:
             raise AttrError(GCLASS.name, "url", str(exc)) from None
-        if not _is_loopback(host):
+        if not is_loopback(host):
             if not use_ssl:
                 raise AttrError(
                     GCLASS.name,
@@ -145,12 +128,12 @@ class CIEventSrv(TlsListener, GObj):
         self.attrs.update(lHost=host, lPort=port, use_ssl=use_ssl)
         # The tokens are secrets: keep them out of the attribute table (view-gobj-tree and
         # read_attr show any attribute asked for by name), leaving only placeholders.
-        self._auth_tokens = tuple(str(token) for token in self.attrs["auth_tokens"])
+        self._auth_tokens = tuple(str(token).encode() for token in self.attrs["auth_tokens"])
         self.attrs["auth_tokens"] = [HIDDEN] * len(self._auth_tokens)
         self.server: WsServer | None = None
         self._listeners: list[tuple[Callable[[Channel], None], Callable[[Channel], None]]] = []
         self._card_checks: list[CardCheck] = []
-        self._loopback = _is_loopback(host)
+        self._loopback = is_loopback(host)
         self._admission = peercred.Admission.of(
             self.attrs["allowed_groups"], self.attrs["allowed_uids"]
         )
@@ -240,7 +223,7 @@ class CIEventSrv(TlsListener, GObj):
 
     def yuno_credential(self) -> str:
         """The token a yuno launched by this yuno's agent presents (the first one), or ""."""
-        return self._auth_tokens[0] if self._auth_tokens else ""
+        return self._auth_tokens[0].decode() if self._auth_tokens else ""
 
     def _admit(self, channel: Channel, card: Mapping[str, Any]) -> tuple[int, str]:
         """The last check of a card (I/O loop thread): who the peer is, then its token, then
@@ -279,10 +262,7 @@ class CIEventSrv(TlsListener, GObj):
             return -1, f"Too many failed attempts from {address}: next one checked in {wait:.1f} s"
         token = card.get("jwt")
         if isinstance(token, str) and token:
-            given = token.encode()
-            # Compare with every token, always: the time taken tells nothing about which.
-            matches = [hmac.compare_digest(given, t.encode()) for t in self._auth_tokens]
-            if any(matches):
+            if token_matches(token.encode(), self._auth_tokens):
                 self._backoff.succeeded(address)
                 return 0, ""
         self._backoff.failed(address)

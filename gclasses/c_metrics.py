@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hmac
 import http
 import logging
 import math
@@ -39,10 +38,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from gclasses.c_ievent_srv import _is_loopback
 from gclasses.c_timer import CTimer
 from gclasses.metrics_series import TREE_ATTRS, Snapshot, SnapshotCollector, YunoSample
 from gclasses.tls_listener import TLS_ATTRS, TLS_COMMANDS, TlsListener
+from gclasses.token_auth import check_auth_tokens, is_loopback, token_matches
 from yuneta import ievent
 from yuneta.backoff import FailureBackoff
 from yuneta.errors import AttrError, CommandError
@@ -123,15 +122,8 @@ class CMetrics(TlsListener, GObj):
 
     @classmethod
     def mt_check_kw(cls, attrs: dict[str, Any]) -> None:
-        shortest = attrs["min_token_length"]
-        for i, token in enumerate(attrs["auth_tokens"]):
-            if not isinstance(token, str) or len(token) < shortest:
-                raise AttrError(
-                    GCLASS.name,
-                    "auth_tokens",
-                    f"token #{i + 1} is shorter than min_token_length ({shortest} characters)",
-                )
-        if not attrs["enabled"] or _is_loopback(attrs["address"]):
+        check_auth_tokens(GCLASS.name, attrs)
+        if not attrs["enabled"] or is_loopback(attrs["address"]):
             return
         where = f"{attrs['address']}:{attrs['port']}"
         if not attrs["crypto"]:
@@ -424,9 +416,7 @@ class CMetrics(TlsListener, GObj):
             )
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
-            given = token.strip().encode()
-            # Compare with every token, always: the time taken tells nothing about which.
-            if any([hmac.compare_digest(given, t) for t in self._auth_tokens]):
+            if token_matches(token.strip().encode(), self._auth_tokens):
                 self._backoff.succeeded(address)
                 return None
         self._backoff.failed(address)
