@@ -151,8 +151,8 @@ class NginxServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        home = workdir / f"nginx-{self.port}"
-        home.mkdir()
+        # A port comes back after a while: the directory name must not rely on it alone.
+        home = Path(tempfile.mkdtemp(prefix=f"nginx-{self.port}-", dir=workdir))
         conf = home / "nginx.conf"
         tls = (
             f"  listen 127.0.0.1:{self.port} ssl backlog=4096;\n"
@@ -509,6 +509,7 @@ def main() -> None:
                         ng.close()
             for name, values in samples.items():
                 results[name][f"hs_{kind}"] = statistics.median(values) if values else None
+                print(f"    {name} {kind} ms per round: {[round(v, 3) for v in values]}")
         if shutil.which("strace") is not None:
             for name in ("netio", "netio-public", "nginx"):
                 if name == "nginx" and not have_nginx:
