@@ -124,6 +124,38 @@ def test_a_renewal_lands_key_first_each_file_by_rename(host):
     assert (store / "example.test.crt").read_bytes() == fullchain2
 
 
+def test_a_copy_that_cannot_be_written_replaces_nothing_of_its_lineage(host):
+    """A write that fails midway (here a 1 KiB file-size limit: the key and chain fit, the
+    full chain does not) must not leave the new key beside the old certificate."""
+    ca = TestCA()
+    make_lineage(ca, host["le"], "example.test", n=1)
+    assert run_script(COPY_CERTS, copy_env(host)).returncode == 0
+    make_lineage(ca, host["le"], "example.test", n=2)
+    store, archive = host["store"], host["le"] / "archive" / "example.test"
+    assert len((archive / "privkey2.pem").read_bytes()) < 1024
+    assert len((archive / "fullchain2.pem").read_bytes()) > 1024
+
+    def files() -> dict[str, tuple[int, int, int, int]]:  # the directories' mtimes may move
+        return {k: v for k, v in tree_state(store).items() if stat.S_ISREG(v[0])}
+
+    before = files()
+
+    limited = ("bash", "-c", 'ulimit -f 1; exec "$0"')  # bash counts -f in 1024-byte blocks
+    proc = run_script(COPY_CERTS, copy_env(host), *limited)
+
+    assert proc.returncode == 1
+    assert f"cannot write {store}/example.test.crt: nothing of example.test replaced" in proc.stderr
+    assert files() == before  # the old pair, untouched; no staged copy left behind
+    assert (store / "private" / "example.test.key").read_bytes() == (
+        archive / "privkey1.pem"
+    ).read_bytes()
+
+    proc = run_script(COPY_CERTS, copy_env(host))  # the next run copies it whole
+    assert proc.returncode == 0, proc.stderr
+    assert "key written, crt written, chain unchanged" in proc.stdout
+    assert (store / "example.test.crt").read_bytes() == (archive / "fullchain2.pem").read_bytes()
+
+
 @pytest.mark.skipif(not ROOT_RUN or not shutil.which("setpriv"), reason="needs root and setpriv")
 def test_an_unreadable_private_key_is_reported_by_name_and_the_others_still_copy(host):
     ca = TestCA()

@@ -14,7 +14,8 @@
 # the key before this run. Like `install -C`, a file whose content, owner and mode are already
 # right is not touched (its mtime does not move); a changed one is written beside its target
 # and renamed over it, so a reader never meets a missing or half-written file (`install -C`
-# unlinks the target and then re-creates it).
+# unlinks the target and then re-creates it). The renames start only once all of a lineage's
+# changed files are written: a write that fails leaves the lineage's old files as they were.
 #
 # A name that fails is logged and the others are still copied. Exit status: 0 all copied or
 # unchanged, 1 some name failed, 2 a usage or setup error. Nothing secret is printed.
@@ -106,8 +107,10 @@ owned_right() {
         && { [ -z "$group" ] || [ "$group" = "${g%%:*}" ] || [ "$group" = "${g##*:}" ]; }
 }
 
-# put SRC DST MODE: make DST a copy of SRC with the store's owner and MODE; prints what it did.
-put() {
+# stage SRC DST MODE: prints "unchanged" when DST already is SRC with the store's owner and
+# MODE; else copies SRC beside DST (a hidden temporary name) and prints that path. Replaces
+# nothing: copy_one renames the staged files once every one of a lineage is staged.
+stage() {
     local src="$1" dst="$2" mode="$3" tmp
     if cmp -s -- "$src" "$dst" 2>/dev/null && [ "$(stat -c %a -- "$dst")" = "${mode#0}" ] \
         && owned_right "$dst"; then
@@ -115,16 +118,24 @@ put() {
         return 0
     fi
     tmp="$(dirname -- "$dst")/.$(basename -- "$dst").copy-certs.$$"
-    if install -m "$mode" "${own[@]}" -- "$src" "$tmp" && mv -f -- "$tmp" "$dst"; then
-        echo written
+    if install -m "$mode" "${own[@]}" -- "$src" "$tmp"; then
+        echo "$tmp"
         return 0
     fi
     rm -f -- "$tmp"
     return 1
 }
 
+# discard STAGED...: remove the staged copies that were not renamed into place.
+discard() {
+    local f
+    for f in "$@"; do
+        [ "$f" = unchanged ] || rm -f -- "$f"
+    done
+}
+
 copy_one() {
-    local name="$1" live fullchain chain privkey what_key what_crt what_chain
+    local name="$1" live fullchain chain privkey
     case "$name" in
         */* | .* | "")
             fail "$name: not a lineage name (no '/', no leading '.')"
@@ -163,10 +174,32 @@ copy_one() {
             return 1
         fi
     fi
-    what_key="$(put "$privkey" "$store/private/$name.key" 0600)" || { fail "$name: cannot write $store/private/$name.key"; return 1; }
-    what_crt="$(put "$fullchain" "$store/$name.crt" 0644)" || { fail "$name: cannot write $store/$name.crt"; return 1; }
-    what_chain="$(put "$chain" "$store/$name.chain" 0644)" || { fail "$name: cannot write $store/$name.chain"; return 1; }
-    say "$name: key $what_key, crt $what_crt, chain $what_chain (from $(dirname -- "$fullchain"))"
+    # Every changed file is staged beside its target first, and only then renamed into place,
+    # key first: a copy that fails (a full disk, a size limit) replaces nothing, so the store
+    # keeps the old certificate with its own key rather than a new key with the old one.
+    local -a targets=("$store/private/$name.key" "$store/$name.crt" "$store/$name.chain")
+    local -a sources=("$privkey" "$fullchain" "$chain") modes=(0600 0644 0644) staged=() what=()
+    local i tmp
+    for i in 0 1 2; do
+        if ! tmp="$(stage "${sources[i]}" "${targets[i]}" "${modes[i]}")"; then
+            fail "$name: cannot write ${targets[i]}: nothing of $name replaced (the next run copies it)"
+            discard "${staged[@]}"
+            return 1
+        fi
+        staged+=("$tmp")
+    done
+    for i in 0 1 2; do
+        if [ "${staged[i]}" = unchanged ]; then
+            what+=(unchanged)
+        elif mv -f -- "${staged[i]}" "${targets[i]}"; then
+            what+=(written)
+        else
+            fail "$name: cannot rename a copy onto ${targets[i]}"
+            discard "${staged[@]:i}"
+            return 1
+        fi
+    done
+    say "$name: key ${what[0]}, crt ${what[1]}, chain ${what[2]} (from $(dirname -- "$fullchain"))"
 }
 
 failed=()
