@@ -97,7 +97,12 @@ def test_each_shortcut_serves_without_the_others(tmp_path: Path, only: tuple[str
         sslcompat.use_private()
 
 
-def test_an_unknown_shortcut_is_refused() -> None:
+def test_an_unknown_shortcut_is_refused_and_any_iterable_names_them() -> None:
     with pytest.raises(ValueError, match="unknown sslcompat shortcut.*nope"):
         sslcompat.use_private(only=("accept", "nope"))
     assert sslcompat.PRIVATE == {"wrap_bio": True, "accept": True, "socket_bio": True}
+    try:
+        sslcompat.use_private(only=(name for name in ["accept"]))  # read once, not twice
+        assert sslcompat.PRIVATE == {"wrap_bio": False, "accept": True, "socket_bio": False}
+    finally:
+        sslcompat.use_private()

@@ -261,7 +261,8 @@ def use_private(only: Iterable[str] = SHORTCUTS) -> None:
     """Use each private shortcut (of `only`: the benchmark measures them one by one) whose
     self-test passes, and the public path for the others. All of them at import."""
     global wrap_server, accept
-    unknown = set(only) - set(SHORTCUTS)
+    only = set(only)  # read once: `only` may be any iterable
+    unknown = only - set(SHORTCUTS)
     if unknown:
         raise ValueError(f"unknown sslcompat shortcut(s): {', '.join(sorted(unknown))}")
     tests = {
