@@ -62,6 +62,8 @@ KEY_SUFFIXES = (".key",)
 MAX_RETRY_DELAY = 60.0
 #: Bytes of the copy command's output kept for the log.
 OUTPUT_TAIL = 600
+#: After the copy command exits, how long its output may take to reach the end of the pipe.
+OUTPUT_GRACE = 1.0
 #: Changed files named in a tick's log line (the count says how many): journald splits a
 #: line past 48 KiB, which a store of a few hundred files changed at once would reach.
 MAX_LOGGED_CHANGES = 32
@@ -213,38 +215,62 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
             "output": text.strip()[-OUTPUT_TAIL:],
         }
 
+    # The output pipe is ours (not asyncio's) so that it can be closed once the command has
+    # exited: a daemon the command started may hold the pipe's other end open for good.
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
+            stdout=write_fd,
+            stderr=write_fd,
             start_new_session=True,  # its own process group: a timeout kills all of it
         )
-    except FileNotFoundError:
-        return done("not-found", None, f"{argv[0]}: no such file")
     except OSError as exc:
+        os.close(read_fd)
+        if isinstance(exc, FileNotFoundError):
+            return done("not-found", None, f"{argv[0]}: no such file")
         return done("cannot-run", None, f"{argv[0]}: {exc.strerror or exc}")
-    tail = bytearray()
-
-    async def drain() -> None:
-        # Only the tail is kept: a command that prints megabytes must not grow the agent.
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
-            tail.extend(chunk)
-            del tail[: -OUTPUT_TAIL * 4]
-        await proc.wait()
-
+    finally:
+        os.close(write_fd)  # the child has its own copy
+    tail = _OutputTail()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: tail, os.fdopen(read_fd, "rb", buffering=0)
+    )
     try:
-        await asyncio.wait_for(drain(), timeout)
-    except TimeoutError:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        return done("timeout", None, f"no exit within {timeout:g} s: process group killed")
-    return done("ok" if proc.returncode == 0 else "failed", proc.returncode, bytes(tail))
+            await asyncio.wait_for(proc.wait(), timeout)  # the command's own exit decides
+        except TimeoutError:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            return done("timeout", None, f"no exit within {timeout:g} s: process group killed")
+        try:  # what it printed last may still be in the pipe
+            await asyncio.wait_for(asyncio.shield(tail.closed), OUTPUT_GRACE)
+        except TimeoutError:
+            pass  # something it started still holds its output: not waited for
+    finally:
+        transport.close()
+    return done("ok" if proc.returncode == 0 else "failed", proc.returncode, bytes(tail.data))
+
+
+class _OutputTail(asyncio.Protocol):
+    """The last bytes the copy command printed: one that prints megabytes must not grow
+    the agent. `closed` is done at the pipe's EOF."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data.extend(data)
+        del self.data[: -OUTPUT_TAIL * 4]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 # ----- convergence (I/O loop) --------------------------------------------------------

@@ -699,3 +699,47 @@ def test_a_yuno_left_behind_while_the_agent_was_down_is_converged_when_it_reconn
     agent.agent.start()
     wait_for(lambda: served_fingerprint(port) == fingerprint(new), timeout=30)
     assert agent.status()["lagging"] == []
+
+
+# ----- the copy command itself (real subprocesses, no agent) ---------------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_copy_command_that_leaves_a_daemon_holding_its_output_is_not_waited_for(
+    tmp_path: Path,
+) -> None:
+    """Its own exit decides: the daemon (own session, stdout inherited) is neither waited
+    for nor killed, and the pipe is closed, not leaked."""
+    import asyncio
+
+    from gclasses.cert_sync import OUTPUT_GRACE, run_copy
+
+    pidfile = tmp_path / "daemon.pid"
+    script = f"echo copied; setsid sleep 60 & echo $! > {pidfile}; exit 0"
+    before = _open_fds()
+    started = time.monotonic()
+    try:
+        result = asyncio.run(run_copy(["sh", "-c", script], timeout=30))
+        took = time.monotonic() - started
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    assert (result["outcome"], result["exit_code"], result["output"]) == ("ok", 0, "copied")
+    assert took < 10 * OUTPUT_GRACE  # not the 30 s time limit, nor the daemon's 60 s
+    assert _open_fds() == before
+
+
+def test_a_copy_command_keeps_the_tail_of_a_long_output_and_its_exit_code() -> None:
+    import asyncio
+
+    from gclasses.cert_sync import OUTPUT_TAIL, run_copy
+
+    script = "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; exit 3"
+    result = asyncio.run(run_copy(["sh", "-c", script], timeout=30))
+    assert (result["outcome"], result["exit_code"]) == ("failed", 3)
+    assert result["output"].endswith("line-1999") and len(result["output"]) <= OUTPUT_TAIL
+    missing = asyncio.run(run_copy(["/nonexistent/copy-certs"], timeout=5))
+    assert missing["outcome"] == "not-found" and "no such file" in missing["output"]
