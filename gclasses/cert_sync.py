@@ -62,8 +62,6 @@ KEY_SUFFIXES = (".key",)
 MAX_RETRY_DELAY = 60.0
 #: Bytes of the copy command's output kept for the log.
 OUTPUT_TAIL = 600
-#: After the copy command exits, how long its output may take to reach the end of the pipe.
-OUTPUT_GRACE = 1.0
 #: Changed files named in a tick's log line (the count says how many): journald splits a
 #: line past 48 KiB, which a store of a few hundred files changed at once would reach.
 MAX_LOGGED_CHANGES = 32
@@ -215,8 +213,7 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
             "output": text.strip()[-OUTPUT_TAIL:],
         }
 
-    # The output pipe is ours (not asyncio's) so that it can be closed once the command has
-    # exited: a daemon the command started may hold the pipe's other end open for good.
+    # The output pipe is ours (not asyncio's), so it is closed whatever holds its other end.
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -237,22 +234,32 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
     transport, _ = await asyncio.get_running_loop().connect_read_pipe(
         lambda: tail, os.fdopen(read_fd, "rb", buffering=0)
     )
+
+    async def finished() -> None:
+        # Done when it has exited and its output is closed: a process it left running with
+        # the output still open (in its group or not) is still copying, as far as we know.
+        await proc.wait()
+        await tail.closed
+
     try:
+        await asyncio.wait_for(finished(), timeout)
+    except TimeoutError:
+        exited = proc.returncode is not None
         try:
-            await asyncio.wait_for(proc.wait(), timeout)  # the command's own exit decides
-        except TimeoutError:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            await proc.wait()
-            return done("timeout", None, f"no exit within {timeout:g} s: process group killed")
-        try:  # what it printed last may still be in the pipe
-            await asyncio.wait_for(asyncio.shield(tail.closed), OUTPUT_GRACE)
-        except TimeoutError:
-            pass  # something it started still holds its output: not waited for
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        if exited:
+            why = (
+                f"exited {proc.returncode}, but something it started held its output open"
+                f" past {timeout:g} s: process group killed"
+            )
+        else:
+            why = f"no exit within {timeout:g} s: process group killed"
+        return done("timeout", None, why)
     finally:
-        transport.close()
+        transport.close()  # never left open, even when a daemon outside the group holds it
     return done("ok" if proc.returncode == 0 else "failed", proc.returncode, bytes(tail.data))
 
 
