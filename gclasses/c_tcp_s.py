@@ -158,12 +158,6 @@ class CTcpS(TlsListener, GObj):
 
     # ----- I/O loop callbacks (loop thread: cheap, post to the actor) -----------------
 
-    def _on_handshake_failed(self, peer: Any, reason: str) -> None:
-        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
-        self.send_event(
-            "EV_HANDSHAKE_FAILED", {"peer": str(peer), "peer_ip": str(host), "reason": reason}
-        )
-
     def ac_handshake_failed(self, event: str, kw: dict, src: Any) -> int:
         # Any client can fail handshakes at will: past a few a window, one summary line.
         self.log(

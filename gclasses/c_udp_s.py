@@ -197,12 +197,6 @@ class CUdpS(TlsListener, GObj):
 
     # ----- I/O loop callbacks (loop thread: cheap, post to the actor) -----------------
 
-    def _on_handshake_failed(self, peer: Any, reason: str) -> None:
-        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
-        self.send_event(
-            "EV_HANDSHAKE_FAILED", {"peer": str(peer), "peer_ip": str(host), "reason": reason}
-        )
-
     def ac_handshake_failed(self, event: str, kw: dict, src: Any) -> int:
         # A peer that passed the cookie can still fail handshakes at will: past a few a
         # window, one summary line per source.

@@ -178,6 +178,14 @@ class TlsListener:
 
         def send_event(self, event: str, kw: dict | None = None, src: Any = None) -> int | None: ...
 
+    def _on_handshake_failed(self, peer: Any, reason: str) -> None:
+        """The I/O loop's report of a failed (D)TLS handshake: posted to the actor as
+        EV_HANDSHAKE_FAILED, which each listener logs in its own words."""
+        host = peer[0] if isinstance(peer, tuple) and peer else str(peer)
+        self.send_event(
+            "EV_HANDSHAKE_FAILED", {"peer": str(peer), "peer_ip": str(host), "reason": reason}
+        )
+
     def build_ytls(self) -> Ytls:
         """The listener's Ytls from its `crypto` (raises TlsError: a start failure)."""
         self.ytls = Ytls(self.attrs["crypto"])
