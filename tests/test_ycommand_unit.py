@@ -548,7 +548,8 @@ def test_silent_server_times_out_within_the_wait():
 
 
 def test_wss_with_cafile_and_insecure(tmp_path):
-    trustme = pytest.importorskip("trustme")
+    import trustme  # a test dependency (pyproject's test extra): never skipped
+
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
