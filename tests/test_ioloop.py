@@ -131,3 +131,92 @@ def test_run_process_of_a_missing_program_fails_its_future(ioloop: IOLoop) -> No
         ioloop.run_process(["/nonexistent/program"], 5).result(10)
     with pytest.raises(TypeError):
         ioloop.run_process("ls -l", 5)  # type: ignore[arg-type]
+
+
+def _count_selects(ioloop: IOLoop) -> list[float | None]:
+    """Record each select() asyncio's loop makes (one per asyncio loop iteration)."""
+    selector = ioloop.selector
+    calls: list[float | None] = []
+    real = selector.select
+
+    def counting(timeout: float | None = None) -> list:
+        calls.append(timeout)
+        return real(timeout)
+
+    selector.select = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_descriptors_alone_never_run_an_asyncio_loop_iteration(ioloop: IOLoop) -> None:
+    # The TLS listener's hot path: 200 wakeups of our own descriptor, from another thread,
+    # while asyncio has nothing to do, are dispatched inside one select() call.
+    a, b = socket.socketpair()
+    got: list[int] = []
+
+    def on_event(events: int) -> None:
+        got.append(len(a.recv(64)))
+
+    ioloop.post(ioloop.add_fd, a.fileno(), READ, on_event)
+    time.sleep(0.1)
+    calls = _count_selects(ioloop)
+    ioloop.post(lambda: None)  # the select() in progress returns; the next one is counted
+    wait_for(lambda: calls)
+    for _ in range(200):  # one byte, one wakeup, at a time
+        n = len(got)
+        b.send(b"x")
+        deadline = time.monotonic() + 5
+        while len(got) == n and time.monotonic() < deadline:
+            time.sleep(0.0002)
+    assert sum(got) == 200
+    assert len(calls) <= 3, calls
+    ioloop.run_sync(_remove(ioloop, a.fileno()), 5)
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("how", ["call_soon", "call_later", "task", "future", "ioloop_call_later"])
+def test_what_a_descriptor_callback_schedules_with_asyncio_runs_at_once(
+    ioloop: IOLoop, how: str
+) -> None:
+    # select() polls on for our descriptors with no timeout while asyncio is idle: what a
+    # callback hands asyncio must end that wait, or it would run only at the next event.
+    a, b = socket.socketpair()
+    ran = threading.Event()
+    loop = ioloop.loop
+    waiter: list = []
+
+    async def coro() -> None:
+        ran.set()
+
+    if how == "future":
+        fut_holder: list = []
+
+        async def awaiting() -> None:
+            fut = loop.create_future()
+            fut_holder.append(fut)
+            await fut
+            ran.set()
+
+        ioloop.run(awaiting())
+        wait_for(lambda: fut_holder)
+
+    def on_event(events: int) -> None:
+        a.recv(64)
+        if how == "call_soon":
+            loop.call_soon(ran.set)
+        elif how == "call_later":
+            loop.call_later(0.05, ran.set)
+        elif how == "task":
+            waiter.append(loop.create_task(coro()))
+        elif how == "future":
+            fut_holder[0].set_result(None)
+        else:  # a timer armed through the public API from the loop thread
+            ioloop.call_later(0.05, ran.set)
+
+    ioloop.post(ioloop.add_fd, a.fileno(), READ, on_event)
+    time.sleep(0.2)  # asyncio idle: select() waits with no timeout
+    b.send(b"x")
+    assert ran.wait(3), f"{how}: scheduled from a descriptor callback, never run"
+    ioloop.run_sync(_remove(ioloop, a.fileno()), 5)
+    a.close()
+    b.close()

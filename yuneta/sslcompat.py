@@ -48,15 +48,19 @@ def _private_wrap(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.Me
     return ctx._wrap_bio(incoming, outgoing, server_side=True)  # type: ignore[attr-defined]
 
 
-class TlsSocket(socket.socket):
+class TlsSocket(_socket.socket):
     """An accepted socket whose TLS session (`tls`, a socket-BIO SSL object) runs on it.
 
     OpenSSL's servername callback hands CPython's `sni_callback` the SSL object's owner, or,
     without one, its socket: setting `context` here reaches the session, so no owner (and no
     second weak reference per connection) is needed.
+
+    A subclass of the C socket type, as `accept` returns for plain connections: no Python
+    `__init__` or `close` frame per connection (socket.socket's), only the weak reference
+    the SSL object keeps to its socket.
     """
 
-    __slots__ = ("tls",)
+    __slots__ = ("tls", "__weakref__")
     tls: Any
 
     @property

@@ -3,8 +3,11 @@
 `IOLoop` runs an asyncio event loop in its own thread whose selector is `FdSelector`: asyncio
 polls it as usual, and descriptors registered with `add_fd` are dispatched straight from the
 same `epoll_wait` to a plain callback (a dict lookup per event, no `Handle`, no trip through
-asyncio's ready queue, no second epoll). So the TLS listener's hot path is one poll per wakeup
-while wsio and subprocesses keep their coroutines.
+asyncio's ready queue, no second epoll). While only such descriptors fire, `select()` polls
+again itself, within asyncio's timeout, and asyncio's loop iteration is not run at all: it
+runs when one of asyncio's own descriptors is ready, a timer is due, or a callback was
+scheduled (`_Loop` flags `call_soon` and `call_at`). So the TLS listener's hot path is one
+poll per wakeup and no asyncio, while wsio and subprocesses keep their coroutines.
 
 The loop's public API, and from which thread each may be called:
 * any thread: `post(fn, *args)`, `call_later(delay, fn, *args)` (a cancellable `Timer`),
@@ -25,6 +28,7 @@ import selectors
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +41,7 @@ T = TypeVar("T")
 LINGER_TIMEOUT = 5.0
 _DISCARD = bytearray(65536)  # what a lingering socket still receives goes here, unread
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_monotonic = time.monotonic  # asyncio's loop.time() clock
 
 #: Event bits of `add_fd` / `modify_fd` and of what their callbacks receive.
 READ, WRITE = select.EPOLLIN, select.EPOLLOUT
@@ -81,6 +86,9 @@ class FdSelector(selectors.BaseSelector):
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self._map = _KeyMap(self._keys)
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Set (by `_Loop`) when asyncio has a callback or timer to look at: select() returns
+        # to asyncio's loop then, rather than polling on for the descriptors it dispatches.
+        self.asyncio_due = False
 
     # -- direct descriptors (the I/O layer's sockets) ---------------------------------------
 
@@ -139,37 +147,54 @@ class FdSelector(selectors.BaseSelector):
         )
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait up to `timeout` for asyncio's descriptors, dispatching ours as they fire.
+
+        asyncio's timeout already ends at its next timer; what our callbacks schedule with
+        asyncio (`call_soon`, `call_at`) sets `asyncio_due`, so it is run at once too.
+        """
+        self.asyncio_due = False  # asyncio runs what it has before it calls select() again
         if timeout is None:
-            timeout = -1
+            deadline = None
+            wait = -1.0
         elif timeout <= 0:
-            timeout = 0
+            deadline = None
+            wait = 0.0
         else:  # round up: a timer due in 0.3 ms must not spin through zero-timeout polls
-            timeout = math.ceil(timeout * 1e3) * 1e-3
-        try:
-            polled = self._ep.poll(timeout, _MAX_EVENTS)
-        except InterruptedError:
-            return []
-        ready: list[tuple[selectors.SelectorKey, int]] = []
+            wait = math.ceil(timeout * 1e3) * 1e-3
+            deadline = _monotonic() + wait
+        poll = self._ep.poll
         callbacks = self._callbacks
         keys = self._keys
-        for fd, bits in polled:
-            # A descriptor is removed before it is closed, never left for close() to drop
-            # (a forked child's copy would keep the registration firing), and appears once
-            # per poll: no event of a removed one is still queued here.
-            callback = callbacks.get(fd)
-            if callback is not None:
-                try:
-                    callback(bits)
-                except Exception as exc:
-                    self._report(exc, callback)
-                continue
-            key = keys.get(fd)
-            if key is not None:
-                events = (selectors.EVENT_READ if bits & ~WRITE else 0) | (
-                    selectors.EVENT_WRITE if bits & ~READ else 0
-                )
-                ready.append((key, events & key.events))
-        return ready
+        ready: list[tuple[selectors.SelectorKey, int]] = []
+        while True:
+            try:
+                polled = poll(wait, _MAX_EVENTS)
+            except InterruptedError:
+                return ready
+            for fd, bits in polled:
+                # A descriptor is removed before it is closed, never left for close() to
+                # drop (a forked child's copy would keep the registration firing), and
+                # appears once per poll: no event of a removed one is still queued here.
+                callback = callbacks.get(fd)
+                if callback is not None:
+                    try:
+                        callback(bits)
+                    except Exception as exc:
+                        self._report(exc, callback)
+                    continue
+                key = keys.get(fd)
+                if key is not None:
+                    events = (selectors.EVENT_READ if bits & ~WRITE else 0) | (
+                        selectors.EVENT_WRITE if bits & ~READ else 0
+                    )
+                    ready.append((key, events & key.events))
+            if ready or self.asyncio_due or wait == 0.0:
+                return ready
+            if deadline is not None:
+                wait = deadline - _monotonic()
+                if wait <= 0:
+                    return ready
+                wait = math.ceil(wait * 1e3) * 1e-3
 
     def _report(self, exc: Exception, callback: Any) -> None:
         if self.loop is not None:
@@ -180,6 +205,30 @@ class FdSelector(selectors.BaseSelector):
                     "callback": callback,
                 }
             )
+
+
+class _Loop(asyncio.SelectorEventLoop):
+    """asyncio's selector loop, telling its `FdSelector` when it has work: a callback or a
+    timer scheduled from the loop thread (from another thread, `call_soon_threadsafe`
+    writes to asyncio's self-pipe, which is one of asyncio's own descriptors)."""
+
+    def __init__(self, selector: FdSelector) -> None:
+        super().__init__(selector)
+        self._fd_selector = selector
+
+    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+        self._fd_selector.asyncio_due = True
+        return super().call_soon(callback, *args, context=context)
+
+    def call_at(
+        self, when: float, callback: Any, *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        self._fd_selector.asyncio_due = True
+        return super().call_at(when, callback, *args, context=context)
+
+    def stop(self) -> None:
+        self._fd_selector.asyncio_due = True
+        super().stop()
 
 
 class Timer:
@@ -249,7 +298,7 @@ class IOLoop:
         if self.running:
             return
         selector = FdSelector()
-        loop = asyncio.SelectorEventLoop(selector)
+        loop = _Loop(selector)
         selector.loop = loop
         ready = threading.Event()
 
