@@ -39,7 +39,9 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_MODES = ["netio", "asyncio-streams", "asyncio-proto"]
-TARGET_ECHO_US = 15.0
+# Issue 10: echo CPU no worse than its ratio to bare asyncio (asyncio-proto, the faster of
+# the two) when the issue was filed, 0.57x. A ratio: both move with the machine alike.
+TARGET_ECHO_RATIO = 0.57
 ASYNCIO_IDLE_MAX = 1000
 TARGET_HS_RATIO = 1.10
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -650,10 +652,10 @@ def print_table(results: dict[str, dict[str, float | None]], args: argparse.Name
             ok = None if ref is None else value <= ref
         elif key == "echo":
             base = results["asyncio-proto"].get("echo")
-            target = f"<= {TARGET_ECHO_US:.0f} us"
-            ok = value <= TARGET_ECHO_US
+            target = f"<= {TARGET_ECHO_RATIO}x asyncio"
+            ok = None if not base else value <= TARGET_ECHO_RATIO * base
             if base:
-                target += f" ({value / base:.2f}x asyncio)"
+                target += f" ({value / base:.2f}x)"
         elif key == "sys_ec":
             target = "" if ref is None else f"({value / ref:.2f}x nginx)"
         elif key == "resumed":
