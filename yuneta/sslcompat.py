@@ -72,10 +72,10 @@ class TlsSocket(_socket.socket):
         self.tls.context = ctx
 
 
-def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[socket.socket, Any]:
+def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[Any, Any]:
     sock, addr = lsock.accept()
     if tls:  # the socket-BIO session selects its context through a TlsSocket
-        sock = TlsSocket(sock.family, sock.type, 0, sock.detach())
+        return TlsSocket(sock.family, sock.type, 0, sock.detach()), addr
     return sock, addr
 
 

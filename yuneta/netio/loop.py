@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import math
 import os
 import select
@@ -31,9 +32,10 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
 # After we close (all sent, FIN out) we keep reading, and dropping, until the peer's EOF, at
 # most this long: closing with its data unread, or getting more after close, makes the
@@ -216,12 +218,21 @@ class _Loop(asyncio.SelectorEventLoop):
         super().__init__(selector)
         self._fd_selector = selector
 
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+    def call_soon(
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
         self._fd_selector.asyncio_due = True
         return super().call_soon(callback, *args, context=context)
 
     def call_at(
-        self, when: float, callback: Any, *args: Any, context: Any = None
+        self,
+        when: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         self._fd_selector.asyncio_due = True
         return super().call_at(when, callback, *args, context=context)
