@@ -12,6 +12,8 @@ two TLS 1.3 session tickets per full handshake (OpenSSL's default; checked with
 close_notify, netio (echo) writes nothing. netio and nginx are measured in alternating
 rounds and the medians compared, so drifting load on a shared machine hits both alike; in
 those rounds every server runs on CPU 1 and its client on CPU 0 (`taskset`; `--no-pin` not).
+The echo figure (a ratio to bare asyncio) is taken the same way: netio and both asyncio
+servers in alternating rounds, pinned, medians compared.
 Then, for each mix of yuneta.sslcompat's private shortcuts, what it buys.
 """
 
@@ -404,9 +406,9 @@ def handshake_cpu(server: PyServer | NginxServer, m: int) -> float:
 
 def echo_cpu(mode: str, cert: tuple[str, str], conns: int, rounds: int) -> float:
     """Server CPU us per 100-byte echo round trip, `conns` connections x `rounds`."""
-    server = PyServer(mode, cert)
+    server = PyServer(mode, cert, prefix=pinned(SERVER_CPU))
     try:
-        c = client(server.port, "echo", n=conns, rounds=rounds, size=100)
+        c = client(server.port, "echo", n=conns, rounds=rounds, size=100, prefix=pinned(CLIENT_CPU))
         expect(c, "READY")
         time.sleep(0.3)
         t0 = server.cpu()
@@ -440,6 +442,9 @@ def main() -> None:
     )
     ap.add_argument("--echo-conns", type=int, default=1000, help="connections for (c)")
     ap.add_argument("--echo-rounds", type=int, default=30, help="round trips per conn (c)")
+    ap.add_argument(
+        "--echo-reps", type=int, default=5, help="alternating rounds of (c); medians reported"
+    )
     ap.add_argument("--resume", type=int, default=200, help="clients for the reload share")
     ap.add_argument("--kernel-calls", type=int, default=5000, help="calls per kernel figure")
     ap.add_argument("--skip-kernel", action="store_true")
@@ -482,8 +487,16 @@ def main() -> None:
                     row[f"hs_{kind}"] = handshake_cpu(server, args.handshakes)
                 finally:
                     server.close()
-            print(f"[{mode}] echo CPU...", flush=True)
-            row["echo"] = echo_cpu(mode, certs["ec"], args.echo_conns, args.echo_rounds)
+        # Echo's target is a ratio to bare asyncio: the three servers take turns, as the
+        # handshake rounds do, pinned like them; medians are reported.
+        echo: dict[str, list[float]] = {mode: [] for mode in PY_MODES}
+        for rnd in range(args.echo_reps):
+            print(f"[netio/asyncio] echo CPU, round {rnd + 1}...", flush=True)
+            for mode in PY_MODES:
+                echo[mode].append(echo_cpu(mode, certs["ec"], args.echo_conns, args.echo_rounds))
+        for mode, values in echo.items():
+            results[mode]["echo"] = statistics.median(values) if values else None
+            print(f"    {mode} echo us per round: {[round(v, 1) for v in values]}")
         if have_nginx:
             print(f"[nginx] idle memory, {args.idle} keep-alive connections...", flush=True)
             results["nginx"]["idle"] = nginx_idle_memory(certs["ec"], args.idle, work)
