@@ -33,7 +33,6 @@ import concurrent.futures
 import hashlib
 import os
 import shlex
-import signal
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +48,7 @@ from gclasses.tls_listener import RETRY_DELAYS, is_transient_failure
 from yuneta.command import envelope
 from yuneta.errors import AttrError
 from yuneta.gobj import create_gobj
+from yuneta.netio.loop import run_subprocess
 from yuneta.watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -213,71 +213,22 @@ async def run_copy(argv: list[str], timeout: float) -> dict[str, Any]:
             "output": text.strip()[-OUTPUT_TAIL:],
         }
 
-    # The output pipe is ours (not asyncio's), so it is closed whatever holds its other end.
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            start_new_session=True,  # its own process group: a timeout kills all of it
-        )
+        result = await run_subprocess(argv, timeout, merge_stderr=True, keep=OUTPUT_TAIL * 4)
+    except FileNotFoundError:
+        return done("not-found", None, f"{argv[0]}: no such file")
     except OSError as exc:
-        os.close(read_fd)
-        if isinstance(exc, FileNotFoundError):
-            return done("not-found", None, f"{argv[0]}: no such file")
         return done("cannot-run", None, f"{argv[0]}: {exc.strerror or exc}")
-    finally:
-        os.close(write_fd)  # the child has its own copy
-    tail = _OutputTail()
-    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-        lambda: tail, os.fdopen(read_fd, "rb", buffering=0)
-    )
-
-    async def finished() -> None:
-        # Done when it has exited and its output is closed: a process it left running with
-        # the output still open (in its group or not) is still copying, as far as we know.
-        await proc.wait()
-        await tail.closed
-
-    try:
-        await asyncio.wait_for(finished(), timeout)
-    except TimeoutError:
-        exited = proc.returncode is not None
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        if exited:
+    if result.timed_out:
+        if result.held_output:
             why = (
-                f"exited {proc.returncode}, but something it started held its output open"
+                f"exited {result.returncode}, but something it started held its output open"
                 f" past {timeout:g} s: process group killed"
             )
         else:
             why = f"no exit within {timeout:g} s: process group killed"
         return done("timeout", None, why)
-    finally:
-        transport.close()  # never left open, even when a daemon outside the group holds it
-    return done("ok" if proc.returncode == 0 else "failed", proc.returncode, bytes(tail.data))
-
-
-class _OutputTail(asyncio.Protocol):
-    """The last bytes the copy command printed: one that prints megabytes must not grow
-    the agent. `closed` is done at the pipe's EOF."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.data.extend(data)
-        del self.data[: -OUTPUT_TAIL * 4]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+    return done("ok" if result.returncode == 0 else "failed", result.returncode, result.stdout)
 
 
 # ----- convergence (I/O loop) --------------------------------------------------------

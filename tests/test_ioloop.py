@@ -220,3 +220,22 @@ def test_what_a_descriptor_callback_schedules_with_asyncio_runs_at_once(
     ioloop.run_sync(_remove(ioloop, a.fileno()), 5)
     a.close()
     b.close()
+
+
+def test_run_process_ends_at_its_limit_even_when_a_daemon_holds_its_output(
+    ioloop: IOLoop, tmp_path
+) -> None:
+    # The child exits 0 but leaves a daemon in its own session (out of reach of the group
+    # kill) holding stdout: the limit still ends the wait, says so, and leaks no pipe.
+    pidfile = tmp_path / "daemon.pid"
+    script = f"echo started; setsid sleep 60 & echo $! > {pidfile}; exit 0"
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        result = ioloop.run_process(["sh", "-c", script], 1.0).result(20)
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), 9)
+    assert result.timed_out and result.held_output
+    assert result.returncode == 0 and result.stdout == b"started\n"
+    time.sleep(0.3)
+    assert len(os.listdir("/proc/self/fd")) == before

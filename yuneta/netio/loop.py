@@ -14,13 +14,15 @@ The loop's public API, and from which thread each may be called:
   `run(coro)` / `run_sync(coro)`, `run_process(argv, timeout)` (a subprocess with a time
   limit whose result arrives as a Future: an actor adds a done-callback that posts an event
   to itself and never blocks);
-* the loop thread only: `add_fd(fd, events, callback)`, `modify_fd`, `remove_fd`.
+* the loop thread only: `add_fd(fd, events, callback)`, `modify_fd`, `remove_fd`; and the
+  module's `run_subprocess`, `run_process` as a coroutine for code already on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import math
 import os
@@ -265,13 +267,15 @@ class Timer:
 @dataclass(frozen=True, slots=True)
 class ProcessResult:
     """How a `run_process` child ended: `returncode` (negative: killed by that signal),
-    its output, and `timed_out` when the time limit killed it."""
+    its output, and `timed_out` when the time limit killed it; `held_output` when it had
+    exited by then but something it started still held its output open."""
 
     argv: tuple[str, ...]
     returncode: int
     stdout: bytes
     stderr: bytes
     timed_out: bool
+    held_output: bool = False
 
 
 class IOLoop:
@@ -403,7 +407,7 @@ class IOLoop:
         """
         if isinstance(argv, str | bytes) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError("argv must be a non-empty list of strings")
-        return self.run(_run_process(tuple(argv), timeout, stdin))
+        return self.run(run_subprocess(tuple(argv), timeout, stdin=stdin))
 
     # -- loop thread only -------------------------------------------------------------------------
 
@@ -480,25 +484,95 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         pass
 
 
-async def _run_process(argv: tuple[str, ...], timeout: float, stdin: bytes | None) -> ProcessResult:
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # a signal to our process group never reaches the child
-    )
+class _Output(asyncio.Protocol):
+    """What a child writes to one of its output pipes (only the last `keep` bytes, if set:
+    a child that prints megabytes must not grow us); `closed` is done at the pipe's EOF."""
+
+    def __init__(self, keep: int | None) -> None:
+        self.data = bytearray()
+        self.keep = keep
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.keep is not None:
+            del self.data[: -self.keep]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def run_subprocess(
+    argv: Sequence[str],
+    timeout: float,
+    *,
+    stdin: bytes | None = None,
+    merge_stderr: bool = False,
+    keep: int | None = None,
+) -> ProcessResult:
+    """`IOLoop.run_process` as a coroutine, for code already on the loop.
+
+    The child runs in its own session (a signal to our group never reaches it; the limit
+    kills its whole group). It is done when it has exited and its output pipes are closed:
+    a process it started that still holds them is still working, as far as we can tell.
+    The pipes are ours, not asyncio's, and always closed, even when a daemon outside the
+    group holds their other end. `merge_stderr` sends stderr into `stdout`; `keep` keeps
+    only the last bytes of each. OSError if the program cannot start.
+    """
+    loop = asyncio.get_running_loop()
+    pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(1 if merge_stderr else 2)]
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        timed_out = False
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=pipes[0][1],
+            stderr=pipes[-1][1],
+            start_new_session=True,
+        )
+    except BaseException:
+        for read_fd, _ in pipes:
+            os.close(read_fd)
+        raise
+    finally:
+        for _, write_fd in pipes:
+            os.close(write_fd)  # the child has its own copy
+    outputs = [_Output(keep) for _ in pipes]
+    transports = []
+    for output, (read_fd, _) in zip(outputs, pipes, strict=True):
+        transport, _ = await loop.connect_read_pipe(
+            lambda output=output: output,  # type: ignore[misc]
+            os.fdopen(read_fd, "rb", buffering=0),
+        )
+        transports.append(transport)
+
+    async def finished() -> None:
+        if stdin is not None:
+            assert proc.stdin is not None
+            with contextlib.suppress(ConnectionError):  # it exited without reading it all
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+        await proc.wait()
+        for output in outputs:
+            await output.closed
+
+    held_output = timed_out = False
+    try:
+        await asyncio.wait_for(finished(), timeout)
     except TimeoutError:
+        held_output, timed_out = proc.returncode is not None, True
         _kill_group(proc)  # its own children too: they may hold the output pipes open
-        out, err = await proc.communicate()
-        timed_out = True
+        await proc.wait()
     except BaseException:  # cancelled (loop stopping): leave no child behind
         if proc.returncode is None:
             _kill_group(proc)
             await proc.wait()
         raise
+    finally:
+        for transport in transports:
+            transport.close()
     assert proc.returncode is not None
-    return ProcessResult(argv, proc.returncode, out, err, timed_out)
+    stdout = bytes(outputs[0].data)
+    stderr = b"" if merge_stderr else bytes(outputs[1].data)
+    return ProcessResult(tuple(argv), proc.returncode, stdout, stderr, timed_out, held_output)
