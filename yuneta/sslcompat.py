@@ -72,7 +72,9 @@ class TlsSocket(_socket.socket):
         self.tls.context = ctx
 
 
-def _public_accept(lsock: socket.socket, tls: bool = False) -> tuple[Any, Any]:
+def _public_accept(
+    lsock: socket.socket, tls: bool = False
+) -> tuple[socket.socket | TlsSocket, Any]:
     sock, addr = lsock.accept()
     if tls:  # the socket-BIO session selects its context through a TlsSocket
         return TlsSocket(sock.family, sock.type, 0, sock.detach()), addr

@@ -47,6 +47,13 @@ _DISCARD = bytearray(65536)  # what a lingering socket still receives goes here,
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _monotonic = time.monotonic  # asyncio's loop.time() clock
 
+
+def _round_up_ms(seconds: float) -> float:
+    # epoll counts whole milliseconds: a timer due in 0.3 ms must not spin through
+    # zero-timeout polls until it is due.
+    return math.ceil(seconds * 1e3) * 1e-3
+
+
 #: Event bits of `add_fd` / `modify_fd` and of what their callbacks receive.
 READ, WRITE = select.EPOLLIN, select.EPOLLOUT
 # Events handed out per epoll_wait; the rest stay ready for the next one (level-triggered).
@@ -157,14 +164,13 @@ class FdSelector(selectors.BaseSelector):
         asyncio (`call_soon`, `call_at`) sets `asyncio_due`, so it is run at once too.
         """
         self.asyncio_due = False  # asyncio runs what it has before it calls select() again
+        deadline = None
         if timeout is None:
-            deadline = None
             wait = -1.0
         elif timeout <= 0:
-            deadline = None
             wait = 0.0
-        else:  # round up: a timer due in 0.3 ms must not spin through zero-timeout polls
-            wait = math.ceil(timeout * 1e3) * 1e-3
+        else:
+            wait = _round_up_ms(timeout)
             deadline = _monotonic() + wait
         poll = self._ep.poll
         callbacks = self._callbacks
@@ -195,10 +201,10 @@ class FdSelector(selectors.BaseSelector):
             if ready or self.asyncio_due or wait == 0.0:
                 return ready
             if deadline is not None:
-                wait = deadline - _monotonic()
-                if wait <= 0:
+                left = deadline - _monotonic()
+                if left <= 0:
                     return ready
-                wait = math.ceil(wait * 1e3) * 1e-3
+                wait = _round_up_ms(left)
 
     def _report(self, exc: Exception, callback: Any) -> None:
         if self.loop is not None:
@@ -238,10 +244,6 @@ class _Loop(asyncio.SelectorEventLoop):
     ) -> asyncio.TimerHandle:
         self._fd_selector.asyncio_due = True
         return super().call_at(when, callback, *args, context=context)
-
-    def stop(self) -> None:
-        self._fd_selector.asyncio_due = True
-        super().stop()
 
 
 class Timer:
