@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from certs import TestCA
@@ -106,3 +110,100 @@ def test_an_unknown_shortcut_is_refused_and_any_iterable_names_them() -> None:
         assert sslcompat.PRIVATE == {"wrap_bio": False, "accept": True, "socket_bio": False}
     finally:
         sslcompat.use_private()
+
+
+class _MemoryClient:
+    """A TLS client whose records are built in memory, so that several of them can be put
+    on the wire in one send (the order a server's poller sees them in is then fixed)."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self.incoming.write(self.sock.recv(65536))
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+
+    def send_records(self, *chunks: bytes) -> None:
+        for chunk in chunks:
+            self.tls.write(chunk)  # one record each
+        self._flush()  # all of them in one send
+
+    def receive(self, size: int) -> bytes:
+        got = b""
+        while len(got) < size:
+            try:
+                got += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                if not data:
+                    break
+                self.incoming.write(data)
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_records_that_arrive_together_are_each_served_in_order(tmp_path: Path) -> None:
+    """A socket-BIO session reads one record per wakeup; the ones behind it in the socket
+    keep it readable, and the (level-triggered) poller brings them in turn."""
+    ca = TestCA()
+    ioloop = IOLoop()
+    ioloop.start()
+    try:
+        server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
+        client = _MemoryClient(server.start_listening(), ca.client_context())
+        try:
+            chunks = [f"record-{i};".encode() for i in range(40)]
+            client.send_records(*chunks)
+            expected = b"".join(chunks)
+            assert client.receive(len(expected)) == expected
+            client.send_records(b"x" * 16384, b"y" * 16384, b"z")  # full records too
+            assert client.receive(32769) == b"x" * 16384 + b"y" * 16384 + b"z"
+            assert type(server.connections()[0]) is SocketTlsConnection
+        finally:
+            client.close()
+    finally:
+        ioloop.stop()
+
+
+def test_a_wakeup_with_one_record_reads_it_without_a_failed_read(tmp_path: Path) -> None:
+    """After a record, a second SSL read would fail (EAGAIN) and raise SSLWantReadError: one
+    syscall and one exception per message for nothing. The session stops once OpenSSL holds
+    no more plaintext, and the socket tells whether another record is there."""
+    ca = TestCA()
+    ioloop = IOLoop()
+    ioloop.start()
+    failed_reads: list[str] = []
+
+    def profile(_frame: Any, event: str, arg: Any) -> None:
+        if event == "c_exception" and getattr(arg, "__name__", "") == "read":
+            failed_reads.append(type(getattr(arg, "__self__", None)).__name__)
+
+    try:
+        server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
+        with tls_connect(server.start_listening(), ca.client_context()) as sock:
+            assert echo(sock, b"first") == b"first"  # the handshake's reads are behind us
+            assert type(server.connections()[0]) is SocketTlsConnection
+            done = threading.Event()
+            ioloop.post(lambda: (sys.setprofile(profile), done.set()))
+            assert done.wait(10)
+            for i in range(20):
+                message = f"message {i}".encode()
+                assert echo(sock, message) == message
+            done.clear()
+            ioloop.post(lambda: (sys.setprofile(None), done.set()))
+            assert done.wait(10)
+        assert failed_reads == []
+    finally:
+        ioloop.stop()

@@ -187,6 +187,12 @@ class SocketTlsConnection(Connection):
                 self._closed_by_peer()
                 return
             handler.on_data(self, data)  # type: ignore[union-attr]
+            if not obj.pending():
+                # OpenSSL read one whole record and no further (no read-ahead): a record
+                # behind it keeps the socket readable and the (level-triggered) poller calls
+                # again. Reading on would usually cost a read() failing with EAGAIN and a
+                # raised SSLWantReadError per message, for nothing.
+                return
 
     def _closed_by_peer(self) -> None:
         if self._wbuf is not None or self._state != _OPEN:
