@@ -41,9 +41,11 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_MODES = ["netio", "asyncio-streams", "asyncio-proto"]
-# Issue 10: echo CPU no worse than its ratio to bare asyncio (asyncio-proto, the faster of
-# the two) when the issue was filed, 0.57x. A ratio: both move with the machine alike.
-TARGET_ECHO_RATIO = 0.57
+# Issue 10: echo CPU no worse than its ratio to bare asyncio when the issue was filed, "about
+# 0.55x": 10.3 us against 16-22 us for the two asyncio servers (the README of that day), the
+# middle of that range. So: at most 0.55x the mean of both servers in the same run. A ratio:
+# both sides move with the machine alike.
+TARGET_ECHO_RATIO = 0.55
 ASYNCIO_IDLE_MAX = 1000
 TARGET_HS_RATIO = 1.10
 NGINX_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -664,7 +666,8 @@ def print_table(results: dict[str, dict[str, float | None]], args: argparse.Name
             target = "<= nginx"
             ok = None if ref is None else value <= ref
         elif key == "echo":
-            base = results["asyncio-proto"].get("echo")
+            bases = [results[m]["echo"] for m in PY_MODES[1:] if results[m].get("echo")]
+            base = sum(bases) / len(bases) if bases else None
             target = f"<= {TARGET_ECHO_RATIO}x asyncio"
             ok = None if not base else value <= TARGET_ECHO_RATIO * base
             if base:
