@@ -296,3 +296,36 @@ def test_the_web_reload_command_is_split_into_words_never_evaluated(host, tmp_pa
 
     assert args_file.read_text().splitlines() == ["-s", "reload", "$(id)", ";x"]
     assert "web-reload: ok" in Path(env["YUNETA_HOOK_LOG"]).read_text()
+
+
+def test_a_hook_log_past_its_limit_is_moved_aside_whole_and_one_old_log_is_kept(host, tmp_path):
+    make_lineage(TestCA(), host["le"], "example.test")
+    env = hook_env(host, tmp_path, YUNETA_HOOK_LOG_MAX="4000")
+    log = Path(env["YUNETA_HOOK_LOG"])
+    log.parent.mkdir(parents=True)
+    old = "".join(f"2020-01-01T00:00:00Z reload-certs[1] old line {i}\n" for i in range(100))
+    log.write_text(old)  # 5 KB: past the limit
+    previous = Path(f"{log}.1")
+    previous.write_text("the oldest log\n")
+
+    run_script(DEPLOY_HOOK, env)
+
+    assert previous.read_text() == old  # moved whole; the one before it is gone
+    first = log.read_text()
+    assert f"start: RENEWED_LINEAGE={env['RENEWED_LINEAGE']} " in first.splitlines()[0]
+    assert "old line" not in first and "done: 1 step(s) failed" in first
+    assert len(first) < 4000
+
+    run_script(DEPLOY_HOOK, env)  # under the limit: appended
+
+    assert log.read_text().startswith(first) and log.read_text().count("start:") == 2
+    assert previous.read_text() == old
+
+
+def test_a_hook_log_limit_that_is_not_a_number_falls_back_and_says_so(host, tmp_path):
+    env = hook_env(host, tmp_path, YUNETA_HOOK_LOG_MAX="1M; rm -rf /")
+
+    proc = run_script(DEPLOY_HOOK, env)
+
+    assert "YUNETA_HOOK_LOG_MAX=1M; rm -rf / is not a byte count; using 1048576" in proc.stderr
+    assert "done:" in Path(env["YUNETA_HOOK_LOG"]).read_text()

@@ -19,6 +19,8 @@
 #   YUNETA_PREFIX        root of every path below
 #   YUNETA_COPY_CERTS    the copy script (default $YUNETA_PREFIX/yuneta/store/certs/copy-certs.sh)
 #   YUNETA_HOOK_LOG      (default $YUNETA_PREFIX/var/log/yuneta/deploy-hook.log)
+#   YUNETA_HOOK_LOG_MAX  bytes; a longer log becomes <log>.1 (the one old log kept) before a run
+#                        starts writing (default 1048576)
 #   YUNETA_HOOK_STAMP    (default $YUNETA_PREFIX/var/lib/yuneta/last-deploy-hook-run)
 #   YUNETA_WEB_RELOAD    e.g. "nginx -s reload": words split on blanks, no quoting or expansion
 #   YUNETA_YCOMMAND      the ycommand executable
@@ -30,6 +32,7 @@ umask 022
 prefix="${YUNETA_PREFIX-}"
 copy_certs="${YUNETA_COPY_CERTS:-$prefix/yuneta/store/certs/copy-certs.sh}"
 hook_log="${YUNETA_HOOK_LOG:-$prefix/var/log/yuneta/deploy-hook.log}"
+hook_log_max="${YUNETA_HOOK_LOG_MAX:-1048576}"
 stamp="${YUNETA_HOOK_STAMP:-$prefix/var/lib/yuneta/last-deploy-hook-run}"
 web_reload="${YUNETA_WEB_RELOAD-}"
 ycommand="${YUNETA_YCOMMAND:-ycommand}"
@@ -38,6 +41,19 @@ run_as="${YUNETA_USER-yuneta}"
 export YUNETA_PREFIX="$prefix"
 
 mkdir -p -- "$(dirname -- "$hook_log")" "$(dirname -- "$stamp")"
+case "$hook_log_max" in
+'' | *[!0-9]*)
+    echo "reload-certs: YUNETA_HOOK_LOG_MAX=$hook_log_max is not a byte count; using 1048576" >&2
+    hook_log_max=1048576
+    ;;
+esac
+# Rotation: a log past its limit is moved aside whole (one old log kept), so the log of a
+# host renewing for years stays bounded and this run's lines start the new one.
+log_size="$(stat -c %s -- "$hook_log" 2>/dev/null || echo 0)"
+if [ "$log_size" -gt "$hook_log_max" ]; then
+    mv -f -- "$hook_log" "$hook_log.1" ||
+        echo "reload-certs: cannot rotate $hook_log; appending to it" >&2
+fi
 # From here on every line, the steps' output included, goes to the log; without one, to certbot.
 if { : >>"$hook_log"; } 2>/dev/null; then
     exec >>"$hook_log" 2>&1
