@@ -16,7 +16,7 @@ from clients import echo, tls_connect, wait_for
 
 from yuneta import sslcompat
 from yuneta.netio import Connection, IOLoop, TcpServer
-from yuneta.netio.tls_connection import SocketTlsConnection
+from yuneta.netio.tls_connection import _LONE_PROBE, SocketTlsConnection
 from yuneta.ytls import Ytls
 
 
@@ -177,10 +177,19 @@ def test_records_that_arrive_together_are_each_served_in_order(tmp_path: Path) -
         ioloop.stop()
 
 
-def test_a_wakeup_with_one_record_reads_it_without_a_failed_read(tmp_path: Path) -> None:
-    """After a record, a second SSL read would fail (EAGAIN) and raise SSLWantReadError: one
-    syscall and one exception per message for nothing. The session stops once OpenSSL holds
-    no more plaintext, and the socket tells whether another record is there."""
+def _profile_loop(ioloop: IOLoop, hook: Any) -> None:
+    """Run `hook` as the profiler of the loop's thread (None: stop)."""
+    done = threading.Event()
+    ioloop.post(lambda: (sys.setprofile(hook), done.set()))
+    assert done.wait(10)
+
+
+def test_a_peer_that_waits_for_each_answer_costs_no_failed_read_per_message(
+    tmp_path: Path,
+) -> None:
+    """After a record, reading on would fail (EAGAIN) and raise SSLWantReadError: one syscall
+    and one exception per message for nothing. Once a wakeup has shown a lone record, the
+    next ones stop after theirs, and only every _LONE_PROBE-th reads on to look."""
     ca = TestCA()
     ioloop = IOLoop()
     ioloop.start()
@@ -195,15 +204,48 @@ def test_a_wakeup_with_one_record_reads_it_without_a_failed_read(tmp_path: Path)
         with tls_connect(server.start_listening(), ca.client_context()) as sock:
             assert echo(sock, b"first") == b"first"  # the handshake's reads are behind us
             assert type(server.connections()[0]) is SocketTlsConnection
-            done = threading.Event()
-            ioloop.post(lambda: (sys.setprofile(profile), done.set()))
-            assert done.wait(10)
-            for i in range(20):
+            _profile_loop(ioloop, profile)
+            for i in range(40):
                 message = f"message {i}".encode()
                 assert echo(sock, message) == message
-            done.clear()
-            ioloop.post(lambda: (sys.setprofile(None), done.set()))
-            assert done.wait(10)
-        assert failed_reads == []
+            _profile_loop(ioloop, None)
+        # Reading on after every message: 40. One probe per _LONE_PROBE wakeups: 5.
+        assert 1 <= len(failed_reads) <= 40 // _LONE_PROBE + 1
+        assert set(failed_reads) == {"_SSLSocket"}
+    finally:
+        ioloop.stop()
+
+
+def test_a_peer_that_streams_records_is_read_out_in_few_wakeups(tmp_path: Path) -> None:
+    """A session that stops after one record would take one poll per record of a burst; the
+    probe finds the burst and the session reads it out in the same wakeup."""
+    ca = TestCA()
+    ioloop = IOLoop()
+    ioloop.start()
+    wakeups: list[int] = []
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        code = frame.f_code
+        if event == "call" and code.co_name == "_on_readable":
+            if code.co_filename.endswith("tls_connection.py"):
+                wakeups.append(1)
+
+    try:
+        server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
+        client = _MemoryClient(server.start_listening(), ca.client_context())
+        try:
+            client.send_records(b"first")
+            assert client.receive(5) == b"first"
+            client.send_records(b"second")  # a lone record: the session stops after each
+            assert client.receive(6) == b"second"
+            _profile_loop(ioloop, profile)
+            chunks = [f"burst-{i};".encode() for i in range(100)]
+            client.send_records(*chunks)
+            expected = b"".join(chunks)
+            assert client.receive(len(expected)) == expected
+            _profile_loop(ioloop, None)
+        finally:
+            client.close()
+        assert 1 <= len(wakeups) <= _LONE_PROBE + 1  # not one per record (100)
     finally:
         ioloop.stop()

@@ -29,6 +29,8 @@ from yuneta.netio.loop import READ, WRITE
 from yuneta.netio.tls_session import chain_too_deep
 
 _READ_SIZE = 16384
+# How many wakeups in a row a session stops after one record before it reads on to look.
+_LONE_PROBE = 8
 
 
 class SocketTlsConnection(Connection):
@@ -36,12 +38,15 @@ class SocketTlsConnection(Connection):
     (its socket is a `sslcompat.TlsSocket`, which the context's `sni_callback` selects
     through)."""
 
-    __slots__ = ("_ssl", "_shut")
+    __slots__ = ("_ssl", "_shut", "_lone")
 
     def __init__(self, server: Any, sock: Any, peername: Any) -> None:
         super().__init__(server, sock, peername)
         self._ssl: Any = None
         self._shut = False  # our close_notify is out
+        # Wakeups in a row served one record only, without reading on (0: read on until
+        # OpenSSL wants more; see _on_readable).
+        self._lone = 0
 
     # -- what was negotiated -------------------------------------------------------------------
 
@@ -166,10 +171,14 @@ class SocketTlsConnection(Connection):
             # Read on now, as nginx does: a client's first request (or its close) often
             # came with its Finished, and is served in this wakeup rather than the next.
         handler = self._handler
+        records = 0
         while self._reading and self._state == _OPEN:
             try:
                 data = obj.read(_READ_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                # Read out: one record in this wakeup is a peer waiting for our answer, so
+                # the next wakeups stop after their record; more is a peer streaming.
+                self._lone = 1 if records == 1 else 0
                 return
             except (ssl.SSLEOFError, ssl.SSLZeroReturnError):  # EOF without close_notify
                 if self._wbuf is None:
@@ -187,11 +196,15 @@ class SocketTlsConnection(Connection):
                 self._closed_by_peer()
                 return
             handler.on_data(self, data)  # type: ignore[union-attr]
-            if not obj.pending():
-                # OpenSSL read one whole record and no further (no read-ahead): a record
-                # behind it keeps the socket readable and the (level-triggered) poller calls
-                # again. Reading on would usually cost a read() failing with EAGAIN and a
-                # raised SSLWantReadError per message, for nothing.
+            records += 1
+            lone = self._lone
+            if lone and lone < _LONE_PROBE and not obj.pending():
+                # A peer that sends one message and waits: OpenSSL read one whole record and
+                # no further (no read-ahead), and reading on would only cost a read() failing
+                # with EAGAIN and a raised SSLWantReadError. A record behind it keeps the
+                # socket readable, and the (level-triggered) poller calls again; every
+                # _LONE_PROBE-th wakeup reads on, to find a peer that started streaming.
+                self._lone = lone + 1
                 return
 
     def _closed_by_peer(self) -> None:
