@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trustme
 from certs import TestCA, serial_of_peer
-from clients import echo, tls_connect, wait_for
+from clients import BioTlsClient, echo, tls_connect, wait_for
 
 from yuneta.netio import Connection, Handler, IOLoop, TcpServer
 from yuneta.ytls import Ytls
@@ -412,70 +412,6 @@ def test_no_drop_while_reloading_under_500_tls_connections(
 
 
 # -- hardening: partial sends, half-close, close/abort, leaks, EMFILE, fd reuse ---------------
-
-
-class BioTlsClient:
-    """A blocking TLS client over memory BIOs, so the test controls the TCP socket itself:
-    it can half-close (SHUT_WR) with or without a close_notify, or reset.
-
-    One thread may send while another receives: the SSL object is used under a lock (CPython
-    releases the GIL inside it), and after the handshake only the sender writes the socket,
-    so records leave in the order they were made."""
-
-    def __init__(self, port: int, ctx: ssl.SSLContext, *, timeout: float = 20) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=False)
-        self.lock = threading.Lock()
-        self.eof = False  # the server's close_notify was read
-        while True:
-            try:
-                self.obj.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                self._pump()
-        self._flush()
-
-    def _flush(self) -> None:
-        with self.lock:
-            data = self.outgoing.read()
-        if data:
-            self.sock.sendall(data)
-
-    def _pump(self) -> bool:
-        data = self.sock.recv(65536)
-        with self.lock:
-            if not data:
-                self.incoming.write_eof()
-                return False
-            self.incoming.write(data)
-        return True
-
-    def sendall(self, data: bytes) -> None:
-        with self.lock:
-            self.obj.write(data)
-        self._flush()
-
-    def recv(self) -> bytes:
-        """Next plaintext; b"" after the server's close_notify (SSLEOFError without one)."""
-        while True:
-            try:
-                with self.lock:
-                    return self.obj.read(65536)
-            except ssl.SSLWantReadError:
-                self._pump()
-
-    def close_notify(self) -> None:
-        with self.lock:
-            try:
-                self.obj.unwrap()
-            except ssl.SSLWantReadError:
-                pass
-        self._flush()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def read_until_eof(recv, limit: float = 60.0) -> bytes:

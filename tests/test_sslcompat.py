@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import ssl
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from certs import TestCA
-from clients import echo, tls_connect, wait_for
+from clients import BioTlsClient, echo, tls_connect, wait_for
 
 from yuneta import sslcompat
 from yuneta.netio import Connection, IOLoop, TcpServer
@@ -112,63 +110,21 @@ def test_an_unknown_shortcut_is_refused_and_any_iterable_names_them() -> None:
         sslcompat.use_private()
 
 
-class _MemoryClient:
-    """A TLS client whose records are built in memory, so that several of them can be put
-    on the wire in one send (the order a server's poller sees them in is then fixed)."""
-
-    def __init__(self, port: int, ctx: ssl.SSLContext) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
-        while True:
-            try:
-                self.tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                self.incoming.write(self.sock.recv(65536))
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.outgoing.pending:
-            self.sock.sendall(self.outgoing.read())
-
-    def send_records(self, *chunks: bytes) -> None:
-        for chunk in chunks:
-            self.tls.write(chunk)  # one record each
-        self._flush()  # all of them in one send
-
-    def receive(self, size: int) -> bytes:
-        got = b""
-        while len(got) < size:
-            try:
-                got += self.tls.read(65536)
-            except ssl.SSLWantReadError:
-                data = self.sock.recv(65536)
-                if not data:
-                    break
-                self.incoming.write(data)
-        return got
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_records_that_arrive_together_are_each_served_in_order(tmp_path: Path) -> None:
-    """A socket-BIO session reads one record per wakeup; the ones behind it in the socket
+    """A socket-BIO session may stop after one record; the ones behind it in the socket
     keep it readable, and the (level-triggered) poller brings them in turn."""
     ca = TestCA()
     ioloop = IOLoop()
     ioloop.start()
     try:
         server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
-        client = _MemoryClient(server.start_listening(), ca.client_context())
+        client = BioTlsClient(server.start_listening(), ca.client_context())
         try:
             chunks = [f"record-{i};".encode() for i in range(40)]
-            client.send_records(*chunks)
+            client.sendall(*chunks)
             expected = b"".join(chunks)
             assert client.receive(len(expected)) == expected
-            client.send_records(b"x" * 16384, b"y" * 16384, b"z")  # full records too
+            client.sendall(b"x" * 16384, b"y" * 16384, b"z")  # full records too
             assert client.receive(32769) == b"x" * 16384 + b"y" * 16384 + b"z"
             assert type(server.connections()[0]) is SocketTlsConnection
         finally:
@@ -179,9 +135,11 @@ def test_records_that_arrive_together_are_each_served_in_order(tmp_path: Path) -
 
 def _profile_loop(ioloop: IOLoop, hook: Any) -> None:
     """Run `hook` as the profiler of the loop's thread (None: stop)."""
-    done = threading.Event()
-    ioloop.post(lambda: (sys.setprofile(hook), done.set()))
-    assert done.wait(10)
+
+    async def set_profile() -> None:
+        sys.setprofile(hook)
+
+    ioloop.run_sync(set_profile(), timeout=10)
 
 
 def test_a_peer_that_waits_for_each_answer_costs_no_failed_read_per_message(
@@ -232,15 +190,15 @@ def test_a_peer_that_streams_records_is_read_out_in_few_wakeups(tmp_path: Path) 
 
     try:
         server = TcpServer(ioloop, tls=Ytls(ca.issue(tmp_path, "srv").crypto()).get_context)
-        client = _MemoryClient(server.start_listening(), ca.client_context())
+        client = BioTlsClient(server.start_listening(), ca.client_context())
         try:
-            client.send_records(b"first")
+            client.sendall(b"first")
             assert client.receive(5) == b"first"
-            client.send_records(b"second")  # a lone record: the session stops after each
+            client.sendall(b"second")  # a lone record: the session stops after each
             assert client.receive(6) == b"second"
             _profile_loop(ioloop, profile)
             chunks = [f"burst-{i};".encode() for i in range(100)]
-            client.send_records(*chunks)
+            client.sendall(*chunks)
             expected = b"".join(chunks)
             assert client.receive(len(expected)) == expected
             _profile_loop(ioloop, None)
